@@ -1,0 +1,91 @@
+"""A small closed-loop load generator on aiohttp, used by the benchmarks in this folder.
+
+Timings follow ``vllm bench serve``: TTFT = send -> first SSE event with choices,
+ITL = gaps between consecutive content events, latency = send -> last byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+
+
+@dataclass
+class Result:
+    ok: int = 0
+    failed: int = 0
+    duration_s: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    ttfts: list[float] = field(default_factory=list)
+    itls: list[float] = field(default_factory=list)
+
+    @property
+    def throughput(self) -> float:
+        return self.ok / self.duration_s if self.duration_s else 0.0
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    idx = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[idx]
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"p50_ms": pct(values, 50) * 1000, "p99_ms": pct(values, 99) * 1000,
+            "mean_ms": statistics.fmean(values) * 1000 if values else float("nan")}
+
+
+async def run(url: str, body: bytes, concurrency: int, requests: int,
+              headers: dict[str, str] | None = None, stream: bool = False) -> Result:
+    """Send ``requests`` requests with ``concurrency`` workers in a closed loop."""
+    result = Result()
+    hdrs = {"Content-Type": "application/json", **(headers or {})}
+    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=120)
+    remaining = requests
+
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def worker() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                t0 = time.perf_counter()
+                try:
+                    async with session.post(url, data=body, headers=hdrs) as resp:
+                        if resp.status != 200:
+                            await resp.read()
+                            result.failed += 1
+                            continue
+                        if stream:
+                            last = 0.0
+                            while True:
+                                event = await resp.content.readuntil(b"\n\n")
+                                if not event or event.startswith(b"data: [DONE]"):
+                                    break
+                                if b'"choices":[]' in event:
+                                    continue
+                                now = time.perf_counter()
+                                if last:
+                                    result.itls.append(now - last)
+                                else:
+                                    result.ttfts.append(now - t0)
+                                last = now
+                        else:
+                            await resp.read()
+                except (aiohttp.ClientError, TimeoutError):
+                    result.failed += 1
+                    continue
+                result.latencies.append(time.perf_counter() - t0)
+                result.ok += 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        result.duration_s = time.perf_counter() - start
+    return result

@@ -1,0 +1,38 @@
+"""The gateway ASGI application (one per Gunicorn worker)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from inferstack import __version__, logs
+from inferstack.gateway.accounting import AccountingMiddleware
+from inferstack.gateway.errors import install_handlers
+from inferstack.gateway.routes import router
+from inferstack.gateway.service import Gateway
+from inferstack.gateway.settings import GatewaySettings
+
+
+def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+    """Build the app; settings come from ``INFERSTACK_*`` and ``INFERSTACK_CONFIG`` if omitted."""
+    settings = settings or GatewaySettings()
+    logs.setup(settings.log_level)
+    gateway = Gateway(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await gateway.start()
+        try:
+            yield
+        finally:
+            await gateway.stop()
+
+    app = FastAPI(title="inferstack gateway", version=__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
+    app.state.gateway = gateway
+    install_handlers(app)
+    app.include_router(router)
+    app.add_middleware(AccountingMiddleware, access_log_enabled=settings.access_log)
+    return app

@@ -1,0 +1,194 @@
+"""Engine simulators and the Gunicorn gateway as local processes on loopback.
+
+Used by ``inferstack local``, the tests and the benchmarks. Every process is tracked by PID
+and ended by that PID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PY = sys.executable
+SIM_MODEL = "sim-model"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None,
+              status: int = 200) -> None:
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as r:
+                if r.status == status:
+                    return
+                last = r.status
+        except urllib.error.HTTPError as exc:
+            if exc.code == status:
+                return
+            last = exc.code
+        except OSError as exc:
+            last = exc
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} not ready after {timeout}s (last: {last})")
+
+
+@dataclass
+class Proc:
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    url: str
+    port: int
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+        if self.popen.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.popen.pid, sig)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(5)
+
+
+class Processes:
+    """Starts and tracks the processes of one test (or module)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.procs: list[Proc] = []
+
+    def _spawn(self, argv: list[str], env: dict[str, str], name: str, port: int,
+               url: str) -> Proc:
+        log_path = self.workdir / f"{name}-{port}.log"
+        log_file = log_path.open("wb")
+        popen = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT,
+                                 env={**os.environ, **env}, start_new_session=True)
+        proc = Proc(popen, log_path, url, port, argv)
+        self.procs.append(proc)
+        return proc
+
+    def sim(self, *args: str, port: int | None = None, model: str = SIM_MODEL,
+            wait: bool = True) -> Proc:
+        port = port or free_port()
+        argv = [PY, "-m", "inferstack.sim", "--port", str(port), "--model", model, *args]
+        if not any(a == "--profile" for a in args):
+            argv += ["--profile", "instant"]
+        proc = self._spawn(argv, {}, "sim", port, f"http://127.0.0.1:{port}")
+        if wait:
+            wait_http(proc.url + "/health", proc=proc.popen)
+        return proc
+
+    def gateway(self, backends: list[Proc] | list[str], workers: int = 2,
+                env: dict[str, str] | None = None, wait_ready: bool = True,
+                keys: dict[str, str] | None = None, port: int | None = None) -> Proc:
+        """Gunicorn + Uvicorn workers; ``keys`` maps key id -> plain key (none: no auth)."""
+        port = port or free_port()
+        urls = [b.url if isinstance(b, Proc) else b for b in backends]
+        settings = {
+            "INFERSTACK_BIND": f"127.0.0.1:{port}",
+            "INFERSTACK_WORKERS": str(workers),
+            "INFERSTACK_BACKENDS": json.dumps(urls),
+            "INFERSTACK_API_KEYS": json.dumps([
+                {"id": kid, "sha256": hashlib.sha256(key.encode()).hexdigest()}
+                for kid, key in (keys or {}).items()]),
+            "INFERSTACK_AUTH_ENABLED": "true" if keys else "false",
+            "INFERSTACK_HEALTH_INTERVAL_S": "0.5",
+            "INFERSTACK_EJECT_S": "1",
+            "INFERSTACK_METRICS_DIR": tempfile.mkdtemp(prefix="metrics-", dir=self.workdir),
+            **(env or {}),
+        }
+        argv = [PY, "-m", "inferstack", "gateway"]
+        proc = self._spawn(argv, settings, "gateway", port, f"http://127.0.0.1:{port}")
+        wait_http(proc.url + "/health", proc=proc.popen)
+        if wait_ready:
+            wait_http(proc.url + "/ready", proc=proc.popen)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+
+
+@contextlib.contextmanager
+def processes(tmp: Path, cls: type[Processes] = Processes) -> Iterator[Processes]:
+    ps = cls(tmp)
+    try:
+        yield ps
+    finally:
+        ps.stop_all()
+
+
+def run_local(engines: int, profile: str, port: int, workers: int, self_test: bool) -> int:
+    """``inferstack local``: simulators + gateway in the foreground until Ctrl-C."""
+    key = "sk-local-" + os.urandom(12).hex()
+    workdir = Path(tempfile.mkdtemp(prefix="inferstack-local-"))
+    with processes(workdir) as ps:
+        sims = [ps.sim("--profile", profile) for _ in range(engines)]
+        gw = ps.gateway(sims, workers=workers, keys={"local": key}, port=port)
+        model = _served_model(sims[0].url)
+        curl = (f"curl -sS {gw.url}/v1/chat/completions -H 'Authorization: Bearer {key}' "
+                "-H 'Content-Type: application/json' "
+                f"-d '{{\"model\": \"{model}\", \"max_tokens\": 32, "
+                '"messages": [{"role": "user", "content": "Hello!"}]}\'')
+        print(f"gateway  {gw.url}  ({workers} workers, logs in {workdir})")
+        for s in sims:
+            print(f"engine   {s.url}  (simulated, profile {profile}, model {model})")
+        print(f"api key  {key}\n\ntry:\n  {curl}\n")
+        if self_test:
+            return _chat_once(gw.url, key, model)
+        print("Ctrl-C stops everything.")
+        try:
+            while all(p.popen.poll() is None for p in ps.procs):
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            return 0
+        dead = [p for p in ps.procs if p.popen.poll() is not None]
+        print(f"a process exited: {dead[0].args} (log: {dead[0].log_path})", file=sys.stderr)
+        return 1
+
+
+def _served_model(engine_url: str) -> str:
+    with urllib.request.urlopen(engine_url + "/v1/models", timeout=5) as r:
+        return str(json.load(r)["data"][0]["id"])
+
+
+def _chat_once(gw_url: str, key: str, model: str) -> int:
+    body = json.dumps({"model": model, "max_tokens": 16,
+                       "messages": [{"role": "user", "content": "Hello!"}]}).encode()
+    req = urllib.request.Request(gw_url + "/v1/chat/completions", data=body, headers={
+        "Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        answer = json.load(r)
+    print(json.dumps(answer, indent=2))
+    return 0 if answer["choices"][0]["message"]["content"] else 1

@@ -1,0 +1,48 @@
+"""Test helpers: the local process stack with test keys, and metric readers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from inferstack.localstack import SIM_MODEL, Proc, free_port, wait_http
+from inferstack.localstack import Processes as _Processes
+from inferstack.localstack import processes as _processes
+
+TEST_KEY = "sk-test-alpha-0123456789"
+OTHER_KEY = "sk-test-beta-9876543210"
+TEST_KEYS = {"alpha": TEST_KEY, "beta": OTHER_KEY}
+
+__all__ = ["OTHER_KEY", "SIM_MODEL", "TEST_KEY", "Proc", "Processes", "free_port",
+           "metric_samples", "metric_total", "processes", "wait_http"]
+
+
+class Processes(_Processes):
+    """The local stack, with the two test keys unless told otherwise."""
+
+    def gateway(self, *args: Any, **kw: Any) -> Proc:  # type: ignore[override]
+        kw.setdefault("keys", TEST_KEYS)
+        return super().gateway(*args, **kw)
+
+
+def processes(tmp: Any) -> Any:
+    return _processes(tmp, cls=Processes)
+
+
+def metric_samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """Samples of one metric from Prometheus text: [(labels, value)]."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = []
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                out.append((dict(sample.labels), float(sample.value)))
+    return out
+
+
+def metric_total(url: str, name: str, **labels: str) -> float:
+    text = httpx.get(url + "/metrics", timeout=5).text
+    return sum(v for lb, v in metric_samples(text, name)
+               if all(lb.get(k) == val for k, val in labels.items()))
