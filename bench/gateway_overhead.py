@@ -16,30 +16,39 @@ import argparse
 import asyncio
 import json
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from loadgen import Result, pct, run  # noqa: E402
-
-from inferstack.localstack import SIM_MODEL, processes  # noqa: E402
+from inferstack.localstack import SIM_MODEL, processes
+from loadgen import Result, pct, run
 
 
 def _body(stream: bool, max_tokens: int) -> bytes:
-    return json.dumps({"model": SIM_MODEL, "prompt": "Benchmark the gateway overhead.",
-                       "max_tokens": max_tokens, "ignore_eos": True, "stream": stream}).encode()
+    return json.dumps(
+        {
+            "model": SIM_MODEL,
+            "prompt": "Benchmark the gateway overhead.",
+            "max_tokens": max_tokens,
+            "ignore_eos": True,
+            "stream": stream,
+        }
+    ).encode()
 
 
 def _median_round(rounds: list[Result], key: str) -> Result:
-    ordered = sorted(rounds, key=lambda r: getattr(r, "throughput") if key == "tp" else pct(
-        r.ttfts, 50))
+    ordered = sorted(rounds, key=lambda r: r.throughput if key == "tp" else pct(r.ttfts, 50))
     return ordered[len(ordered) // 2]
 
 
-async def _pair(direct_url: str, gw_url: str, body: bytes, concurrency: int, requests: int,
-                rounds: int, stream: bool) -> tuple[list[Result], list[Result]]:
+async def _pair(
+    direct_url: str,
+    gw_url: str,
+    body: bytes,
+    concurrency: int,
+    requests: int,
+    rounds: int,
+    stream: bool,
+) -> tuple[list[Result], list[Result]]:
     direct, gateway = [], []
     for _ in range(rounds):
         direct.append(await run(direct_url, body, concurrency, requests, stream=stream))
@@ -48,8 +57,9 @@ async def _pair(direct_url: str, gw_url: str, body: bytes, concurrency: int, req
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--workers", type=int, default=2, help="gateway workers (default 2)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--requests-c1", type=int, default=1000)
@@ -64,23 +74,34 @@ def main() -> None:
     figures: dict[str, object] = {"workers": args.workers}
     with tempfile.TemporaryDirectory() as tmp, processes(Path(tmp)) as ps:
         instant = ps.sim("--profile", "instant")
-        paced = ps.sim("--ttft-ms", str(args.ttft_ms), "--itl-ms", str(args.itl_ms),
-                       "--max-num-seqs", "1024")
-        gw_instant = ps.gateway([instant], workers=args.workers,
-                                env={"INFERSTACK_ACCESS_LOG": "false"})
-        gw_paced = ps.gateway([paced], workers=args.workers,
-                              env={"INFERSTACK_ACCESS_LOG": "false"})
+        paced = ps.sim(
+            "--ttft-ms", str(args.ttft_ms), "--itl-ms", str(args.itl_ms), "--max-num-seqs", "1024"
+        )
+        gw_instant = ps.gateway(
+            [instant], workers=args.workers, env={"INFERSTACK_ACCESS_LOG": "false"}
+        )
+        gw_paced = ps.gateway([paced], workers=args.workers, env={"INFERSTACK_ACCESS_LOG": "false"})
         path = "/v1/completions"
         body = _body(False, 16)
         asyncio.run(run(instant.url + path, body, 16, 500))  # warm-up
         asyncio.run(run(gw_instant.url + path, body, 16, 500))
 
         for conc, n in ((1, args.requests_c1), (64, args.requests_c64)):
-            d, g = asyncio.run(_pair(instant.url + path, gw_instant.url + path, body, conc, n,
-                                     args.rounds, stream=False))
+            d, g = asyncio.run(
+                _pair(
+                    instant.url + path,
+                    gw_instant.url + path,
+                    body,
+                    conc,
+                    n,
+                    args.rounds,
+                    stream=False,
+                )
+            )
             dm, gm = _median_round(d, "tp"), _median_round(g, "tp")
             figures[f"nonstream_c{conc}"] = {
-                "direct_rps": dm.throughput, "gateway_rps": gm.throughput,
+                "direct_rps": dm.throughput,
+                "gateway_rps": gm.throughput,
                 "throughput_ratio": gm.throughput / dm.throughput,
                 "direct_p50_ms": pct(dm.latencies, 50) * 1e3,
                 "gateway_p50_ms": pct(gm.latencies, 50) * 1e3,
@@ -93,11 +114,21 @@ def main() -> None:
 
         sbody = _body(True, args.stream_tokens)
         asyncio.run(run(gw_paced.url + path, sbody, 32, 64, stream=True))  # warm-up
-        d, g = asyncio.run(_pair(paced.url + path, gw_paced.url + path, sbody, args.streams,
-                                 args.streams, args.rounds, stream=True))
+        d, g = asyncio.run(
+            _pair(
+                paced.url + path,
+                gw_paced.url + path,
+                sbody,
+                args.streams,
+                args.streams,
+                args.rounds,
+                stream=True,
+            )
+        )
         dm, gm = _median_round(d, "ttft"), _median_round(g, "ttft")
         figures[f"stream_{args.streams}"] = {
-            "configured_ttft_ms": args.ttft_ms, "configured_itl_ms": args.itl_ms,
+            "configured_ttft_ms": args.ttft_ms,
+            "configured_itl_ms": args.itl_ms,
             "tokens_per_stream": args.stream_tokens,
             "direct_ttft_p50_ms": pct(dm.ttfts, 50) * 1e3,
             "gateway_ttft_p50_ms": pct(gm.ttfts, 50) * 1e3,

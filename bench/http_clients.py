@@ -20,11 +20,8 @@ import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from loadgen import pct, run  # noqa: E402
-
-from inferstack.localstack import SIM_MODEL, free_port, processes, wait_http  # noqa: E402
+from inferstack.localstack import SIM_MODEL, free_port, processes, wait_http
+from loadgen import pct, run
 
 UPSTREAM = os.environ.get("RELAY_UPSTREAM", "")
 CLIENT = os.environ.get("RELAY_CLIENT", "aiohttp")
@@ -47,9 +44,9 @@ def make_app():  # type: ignore[no-untyped-def]
         else:
             import httpx
 
-            state["s"] = httpx.AsyncClient(limits=httpx.Limits(max_connections=None,
-                                                               max_keepalive_connections=512),
-                                           timeout=60)
+            state["s"] = httpx.AsyncClient(
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=512), timeout=60
+            )
 
     async def relay(request: Request) -> Response:
         body = await request.body()
@@ -92,13 +89,15 @@ def make_app():  # type: ignore[no-untyped-def]
 
         return StreamingResponse(gen_h(), media_type="text/event-stream")
 
-    return Starlette(routes=[Route("/v1/completions", relay, methods=["POST"])],
-                     on_startup=[startup])
+    return Starlette(
+        routes=[Route("/v1/completions", relay, methods=["POST"])], on_startup=[startup]
+    )
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--streams", type=int, default=1500)
     ap.add_argument("--requests", type=int, default=4000)
@@ -111,25 +110,59 @@ def main() -> None:
         relays = {}
         for client in ("aiohttp", "httpx"):
             port = free_port()
-            env = {**os.environ, "RELAY_UPSTREAM": sim.url, "RELAY_CLIENT": client,
-                   "PYTHONPATH": str(Path(__file__).resolve().parent)}
+            env = {
+                **os.environ,
+                "RELAY_UPSTREAM": sim.url,
+                "RELAY_CLIENT": client,
+                "PYTHONPATH": str(Path(__file__).resolve().parent),
+            }
             p = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "--factory", "http_clients:make_app",
-                 "--port", str(port), "--loop", "uvloop", "--http", "httptools",
-                 "--no-access-log", "--log-level", "warning"], env=env)
-            ps.procs.append(type(sim)(p, Path(tmp) / f"relay-{client}.log",
-                                      f"http://127.0.0.1:{port}", port))
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "--factory",
+                    "http_clients:make_app",
+                    "--port",
+                    str(port),
+                    "--loop",
+                    "uvloop",
+                    "--http",
+                    "httptools",
+                    "--no-access-log",
+                    "--log-level",
+                    "warning",
+                ],
+                env=env,
+            )
+            ps.procs.append(
+                type(sim)(p, Path(tmp) / f"relay-{client}.log", f"http://127.0.0.1:{port}", port)
+            )
             relays[client] = f"http://127.0.0.1:{port}/v1/completions"
             wait_http(f"http://127.0.0.1:{port}/nothing", status=404, proc=p)
-        sbody = json.dumps({"model": SIM_MODEL, "prompt": "x", "max_tokens": args.tokens,
-                            "ignore_eos": True, "stream": True}).encode()
+        sbody = json.dumps(
+            {
+                "model": SIM_MODEL,
+                "prompt": "x",
+                "max_tokens": args.tokens,
+                "ignore_eos": True,
+                "stream": True,
+            }
+        ).encode()
         body = json.dumps({"model": SIM_MODEL, "prompt": "x", "max_tokens": 16}).encode()
         for url in relays.values():
             asyncio.run(run(url, sbody, 16, 200, stream=True))
         for _ in range(args.rounds):
             for client, url in relays.items():
-                fig = out.setdefault(client, {"streams_per_s": [], "ttft_p50_ms": [],
-                                              "ttft_p99_ms": [], "requests_per_s": []})
+                fig = out.setdefault(
+                    client,
+                    {
+                        "streams_per_s": [],
+                        "ttft_p50_ms": [],
+                        "ttft_p99_ms": [],
+                        "requests_per_s": [],
+                    },
+                )
                 r = asyncio.run(run(url, sbody, 64, args.streams, stream=True))
                 fig["streams_per_s"].append(r.throughput)
                 fig["ttft_p50_ms"].append(pct(r.ttfts, 50) * 1e3)
@@ -138,7 +171,8 @@ def main() -> None:
                 fig["requests_per_s"].append(r2.throughput)
     med = {c: {k: sorted(v)[len(v) // 2] for k, v in f.items()} for c, f in out.items()}
     med["ratio_aiohttp_over_httpx"] = {
-        k: med["aiohttp"][k] / med["httpx"][k] for k in med["aiohttp"]}
+        k: med["aiohttp"][k] / med["httpx"][k] for k in med["aiohttp"]
+    }
     text = json.dumps(med, indent=2)
     print(text)
     if args.json:

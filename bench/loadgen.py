@@ -37,12 +37,21 @@ def pct(values: list[float], q: float) -> float:
 
 
 def summary(values: list[float]) -> dict[str, float]:
-    return {"p50_ms": pct(values, 50) * 1000, "p99_ms": pct(values, 99) * 1000,
-            "mean_ms": statistics.fmean(values) * 1000 if values else float("nan")}
+    return {
+        "p50_ms": pct(values, 50) * 1000,
+        "p99_ms": pct(values, 99) * 1000,
+        "mean_ms": statistics.fmean(values) * 1000 if values else float("nan"),
+    }
 
 
-async def run(url: str, body: bytes, concurrency: int, requests: int,
-              headers: dict[str, str] | None = None, stream: bool = False) -> Result:
+async def run(
+    url: str,
+    body: bytes,
+    concurrency: int,
+    requests: int,
+    headers: dict[str, str] | None = None,
+    stream: bool = False,
+) -> Result:
     """Send ``requests`` requests with ``concurrency`` workers in a closed loop."""
     result = Result()
     hdrs = {"Content-Type": "application/json", **(headers or {})}

@@ -14,8 +14,18 @@ TEST_KEY = "sk-test-alpha-0123456789"
 OTHER_KEY = "sk-test-beta-9876543210"
 TEST_KEYS = {"alpha": TEST_KEY, "beta": OTHER_KEY}
 
-__all__ = ["OTHER_KEY", "SIM_MODEL", "TEST_KEY", "Proc", "Processes", "free_port",
-           "metric_samples", "metric_total", "processes", "wait_http"]
+__all__ = [
+    "OTHER_KEY",
+    "SIM_MODEL",
+    "TEST_KEY",
+    "Proc",
+    "Processes",
+    "free_port",
+    "metric_samples",
+    "metric_total",
+    "processes",
+    "wait_http",
+]
 
 
 class Processes(_Processes):
@@ -44,5 +54,8 @@ def metric_samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
 
 def metric_total(url: str, name: str, **labels: str) -> float:
     text = httpx.get(url + "/metrics", timeout=5).text
-    return sum(v for lb, v in metric_samples(text, name)
-               if all(lb.get(k) == val for k, val in labels.items()))
+    return sum(
+        v
+        for lb, v in metric_samples(text, name)
+        if all(lb.get(k) == val for k, val in labels.items())
+    )

@@ -14,37 +14,53 @@ from inferstack import __version__
 from inferstack.gateway.auth import hash_key, new_key
 from inferstack.gateway.settings import CONFIG_ENV, ENV_PREFIX, GatewaySettings
 from inferstack.settings_source import SettingsFileError, describe_validation_error
-try:
-    from inferstack.sim.cli import sim
-except ImportError:  # TEMP
-    sim = None
+from inferstack.sim.cli import sim
 
 app = typer.Typer(
     help="inferstack: an OpenAI-compatible gateway in front of vLLM engines, the engine "
     "simulator used where there is no GPU, and tools to operate them.",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-keys_app = typer.Typer(help="Create and hash API keys for the gateway's api_keys setting.",
-                       no_args_is_help=True)
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+keys_app = typer.Typer(
+    help="Create and hash API keys for the gateway's api_keys setting.", no_args_is_help=True
+)
 app.add_typer(keys_app, name="keys")
-if sim: app.command("sim")(sim)
+app.command("sim")(sim)
 
 
 @app.command("gateway")
 def gateway(
-    config: Annotated[str | None, typer.Option(
-        help=f"YAML settings file (same as {CONFIG_ENV}). Environment variables "
-        f"{ENV_PREFIX}* override it.")] = None,
-    bind: Annotated[str | None, typer.Option(
-        help="HOST:PORT or unix:/path/to.sock (INFERSTACK_BIND).")] = None,
-    workers: Annotated[int | None, typer.Option(
-        help="Uvicorn worker processes (INFERSTACK_WORKERS).")] = None,
-    backend: Annotated[list[str] | None, typer.Option(
-        help="Engine base URL, e.g. http://127.0.0.1:8000; repeat for several "
-        "(INFERSTACK_BACKENDS).")] = None,
-    no_auth: Annotated[bool, typer.Option(
-        "--no-auth", help="Accept requests without an API key (local use only).")] = False,
-    check: Annotated[bool, typer.Option(
-        "--check", help="Validate the settings, print them (secrets hidden) and exit.")] = False,
+    config: Annotated[
+        str | None,
+        typer.Option(
+            help=f"YAML settings file (same as {CONFIG_ENV}). Environment variables "
+            f"{ENV_PREFIX}* override it."
+        ),
+    ] = None,
+    bind: Annotated[
+        str | None, typer.Option(help="HOST:PORT or unix:/path/to.sock (INFERSTACK_BIND).")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Uvicorn worker processes (INFERSTACK_WORKERS).")
+    ] = None,
+    backend: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Engine base URL, e.g. http://127.0.0.1:8000; repeat for several "
+            "(INFERSTACK_BACKENDS)."
+        ),
+    ] = None,
+    no_auth: Annotated[
+        bool, typer.Option("--no-auth", help="Accept requests without an API key (local use only).")
+    ] = False,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check", help="Validate the settings, print them (secrets hidden) and exit."
+        ),
+    ] = False,
 ) -> None:
     """Run the OpenAI-compatible gateway: a Gunicorn master with Uvicorn workers.
 
@@ -93,9 +109,12 @@ def keys_new(
 
 @keys_app.command("hash")
 def keys_hash(
-    key: Annotated[str | None, typer.Argument(
-        help="The key; read from standard input when omitted (keeps it out of shell history).")]
-    = None,
+    key: Annotated[
+        str | None,
+        typer.Argument(
+            help="The key; read from standard input when omitted (keeps it out of shell history)."
+        ),
+    ] = None,
 ) -> None:
     """Print the SHA-256 digest to store for an existing key."""
     value = key if key is not None else sys.stdin.readline().strip()
@@ -108,13 +127,17 @@ def keys_hash(
 @app.command("local")
 def local(
     engines: Annotated[int, typer.Option(help="Simulated engine instances.")] = 2,
-    profile: Annotated[str, typer.Option(
-        help="Simulator profile (see `inferstack sim --help`).")] = "qwen3-32b-2xa6000",
+    profile: Annotated[
+        str, typer.Option(help="Simulator profile (see `inferstack sim --help`).")
+    ] = "qwen3-32b-2xa6000",
     port: Annotated[int, typer.Option(help="Gateway port on 127.0.0.1.")] = 9000,
     workers: Annotated[int, typer.Option(help="Gateway workers.")] = 2,
-    self_test: Annotated[bool, typer.Option(
-        "--self-test", help="Send one chat request through the stack, print it, and stop.")]
-    = False,
+    self_test: Annotated[
+        bool,
+        typer.Option(
+            "--self-test", help="Send one chat request through the stack, print it, and stop."
+        ),
+    ] = False,
 ) -> None:
     """Start simulated engines and the gateway on this machine, print a working curl.
 
@@ -122,8 +145,9 @@ def local(
     """
     from inferstack.localstack import run_local
 
-    raise typer.Exit(run_local(engines=engines, profile=profile, port=port, workers=workers,
-                               self_test=self_test))
+    raise typer.Exit(
+        run_local(engines=engines, profile=profile, port=port, workers=workers, self_test=self_test)
+    )
 
 
 @app.command("version")

@@ -32,8 +32,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None,
-              status: int = 200) -> None:
+def wait_http(
+    url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None, status: int = 200
+) -> None:
     deadline = time.monotonic() + timeout
     last: object = None
     while time.monotonic() < deadline:
@@ -88,18 +89,23 @@ class Processes:
         self.workdir = workdir
         self.procs: list[Proc] = []
 
-    def _spawn(self, argv: list[str], env: dict[str, str], name: str, port: int,
-               url: str) -> Proc:
+    def _spawn(self, argv: list[str], env: dict[str, str], name: str, port: int, url: str) -> Proc:
         log_path = self.workdir / f"{name}-{port}.log"
         log_file = log_path.open("wb")
-        popen = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT,
-                                 env={**os.environ, **env}, start_new_session=True)
+        popen = subprocess.Popen(
+            argv,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **env},
+            start_new_session=True,
+        )
         proc = Proc(popen, log_path, url, port, argv)
         self.procs.append(proc)
         return proc
 
-    def sim(self, *args: str, port: int | None = None, model: str = SIM_MODEL,
-            wait: bool = True) -> Proc:
+    def sim(
+        self, *args: str, port: int | None = None, model: str = SIM_MODEL, wait: bool = True
+    ) -> Proc:
         port = port or free_port()
         argv = [PY, "-m", "inferstack.sim", "--port", str(port), "--model", model, *args]
         if not any(a == "--profile" for a in args):
@@ -109,9 +115,15 @@ class Processes:
             wait_http(proc.url + "/health", proc=proc.popen)
         return proc
 
-    def gateway(self, backends: list[Proc] | list[str], workers: int = 2,
-                env: dict[str, str] | None = None, wait_ready: bool = True,
-                keys: dict[str, str] | None = None, port: int | None = None) -> Proc:
+    def gateway(
+        self,
+        backends: list[Proc] | list[str],
+        workers: int = 2,
+        env: dict[str, str] | None = None,
+        wait_ready: bool = True,
+        keys: dict[str, str] | None = None,
+        port: int | None = None,
+    ) -> Proc:
         """Gunicorn + Uvicorn workers; ``keys`` maps key id -> plain key (none: no auth)."""
         port = port or free_port()
         urls = [b.url if isinstance(b, Proc) else b for b in backends]
@@ -119,9 +131,12 @@ class Processes:
             "INFERSTACK_BIND": f"127.0.0.1:{port}",
             "INFERSTACK_WORKERS": str(workers),
             "INFERSTACK_BACKENDS": json.dumps(urls),
-            "INFERSTACK_API_KEYS": json.dumps([
-                {"id": kid, "sha256": hashlib.sha256(key.encode()).hexdigest()}
-                for kid, key in (keys or {}).items()]),
+            "INFERSTACK_API_KEYS": json.dumps(
+                [
+                    {"id": kid, "sha256": hashlib.sha256(key.encode()).hexdigest()}
+                    for kid, key in (keys or {}).items()
+                ]
+            ),
             "INFERSTACK_AUTH_ENABLED": "true" if keys else "false",
             "INFERSTACK_HEALTH_INTERVAL_S": "0.5",
             "INFERSTACK_EJECT_S": "1",
@@ -157,10 +172,12 @@ def run_local(engines: int, profile: str, port: int, workers: int, self_test: bo
         sims = [ps.sim("--profile", profile) for _ in range(engines)]
         gw = ps.gateway(sims, workers=workers, keys={"local": key}, port=port)
         model = _served_model(sims[0].url)
-        curl = (f"curl -sS {gw.url}/v1/chat/completions -H 'Authorization: Bearer {key}' "
-                "-H 'Content-Type: application/json' "
-                f"-d '{{\"model\": \"{model}\", \"max_tokens\": 32, "
-                '"messages": [{"role": "user", "content": "Hello!"}]}\'')
+        curl = (
+            f"curl -sS {gw.url}/v1/chat/completions -H 'Authorization: Bearer {key}' "
+            "-H 'Content-Type: application/json' "
+            f'-d \'{{"model": "{model}", "max_tokens": 32, '
+            '"messages": [{"role": "user", "content": "Hello!"}]}\''
+        )
         print(f"gateway  {gw.url}  ({workers} workers, logs in {workdir})")
         for s in sims:
             print(f"engine   {s.url}  (simulated, profile {profile}, model {model})")
@@ -184,10 +201,14 @@ def _served_model(engine_url: str) -> str:
 
 
 def _chat_once(gw_url: str, key: str, model: str) -> int:
-    body = json.dumps({"model": model, "max_tokens": 16,
-                       "messages": [{"role": "user", "content": "Hello!"}]}).encode()
-    req = urllib.request.Request(gw_url + "/v1/chat/completions", data=body, headers={
-        "Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    body = json.dumps(
+        {"model": model, "max_tokens": 16, "messages": [{"role": "user", "content": "Hello!"}]}
+    ).encode()
+    req = urllib.request.Request(
+        gw_url + "/v1/chat/completions",
+        data=body,
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=60) as r:
         answer = json.load(r)
     print(json.dumps(answer, indent=2))

@@ -16,8 +16,9 @@ class Stack:
     sims: list[Proc]
 
     def client(self, key: str = TEST_KEY, **kw: object) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.gateway.url + "/v1", api_key=key, max_retries=0,
-                             timeout=30, **kw)  # type: ignore[arg-type]
+        return openai.OpenAI(
+            base_url=self.gateway.url + "/v1", api_key=key, max_retries=0, timeout=30, **kw
+        )  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")

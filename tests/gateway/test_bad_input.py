@@ -44,18 +44,27 @@ def test_not_an_object(stack: Stack) -> None:
     _error(httpx.post(stack.gateway.url + CHAT, content=b"[1,2]", headers=AUTH), 400)
 
 
-@pytest.mark.parametrize(("body", "param"), [
-    ({"model": SIM_MODEL, "messages": "hi"}, "messages"),
-    ({"model": SIM_MODEL, "messages": [{"role": "robot", "content": "x"}]}, "messages.0.role"),
-    ({"model": SIM_MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": "5"},
-     "max_tokens"),
-    ({"model": SIM_MODEL, "messages": [{"role": "user", "content": "x"}], "temperature": 9},
-     "temperature"),
-    ({"model": SIM_MODEL, "messages": [{"role": "user", "content": "x"}], "stream": "yes"},
-     "stream"),
-    ({"messages": [{"role": "user", "content": "x"}]}, "model"),
-    ({"model": SIM_MODEL, "messages": []}, "messages"),
-])
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": SIM_MODEL, "messages": "hi"}, "messages"),
+        ({"model": SIM_MODEL, "messages": [{"role": "robot", "content": "x"}]}, "messages.0.role"),
+        (
+            {"model": SIM_MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": "5"},
+            "max_tokens",
+        ),
+        (
+            {"model": SIM_MODEL, "messages": [{"role": "user", "content": "x"}], "temperature": 9},
+            "temperature",
+        ),
+        (
+            {"model": SIM_MODEL, "messages": [{"role": "user", "content": "x"}], "stream": "yes"},
+            "stream",
+        ),
+        ({"messages": [{"role": "user", "content": "x"}]}, "model"),
+        ({"model": SIM_MODEL, "messages": []}, "messages"),
+    ],
+)
 def test_wrong_types_name_the_field(stack: Stack, body: dict[str, object], param: str) -> None:
     err = _error(httpx.post(stack.gateway.url + CHAT, json=body, headers=AUTH), 400)
     assert err["param"] == param
@@ -64,8 +73,7 @@ def test_wrong_types_name_the_field(stack: Stack, body: dict[str, object], param
 
 def test_oversized_body(stack: Stack) -> None:
     big = b'{"model":"x","prompt":"' + b"a" * (5 * 1024 * 1024) + b'"}'
-    err = _error(httpx.post(stack.gateway.url + "/v1/completions", content=big, headers=AUTH),
-                 413)
+    err = _error(httpx.post(stack.gateway.url + "/v1/completions", content=big, headers=AUTH), 413)
     assert err["code"] == "request_too_large"
 
 
@@ -78,7 +86,8 @@ def test_max_tokens_ceiling(stack: Stack) -> None:
 def test_unknown_model(stack: Stack) -> None:
     with pytest.raises(openai.NotFoundError) as exc:
         stack.client().chat.completions.create(
-            model="no-such-model", messages=[{"role": "user", "content": "x"}])
+            model="no-such-model", messages=[{"role": "user", "content": "x"}]
+        )
     assert "no-such-model" in str(exc.value)
 
 

@@ -33,9 +33,11 @@ def _wait_for(predicate, timeout: float = 5.0) -> bool:  # type: ignore[no-untyp
 def _raw_request(port: int, body: bytes) -> socket.socket:
     """Send a request on a raw socket so the test decides when the connection closes."""
     s = socket.create_connection(("127.0.0.1", port))
-    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-              b"Authorization: Bearer " + TEST_KEY.encode() + b"\r\n"
-              b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    s.sendall(
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer " + TEST_KEY.encode() + b"\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
     return s
 
 
@@ -43,8 +45,10 @@ def _raw_request(port: int, body: bytes) -> socket.socket:
 def test_client_disconnect_aborts_the_engine_request(procs: Processes, stream: bool) -> None:
     sim = procs.sim("--ttft-ms", "20", "--itl-ms", "20")
     gw = procs.gateway([sim], workers=2)
-    body = (b'{"model":"%s","prompt":"hello","max_tokens":2000,"ignore_eos":true,"stream":%s}'
-            % (SIM_MODEL.encode(), b"true" if stream else b"false"))
+    body = b'{"model":"%s","prompt":"hello","max_tokens":2000,"ignore_eos":true,"stream":%s}' % (
+        SIM_MODEL.encode(),
+        b"true" if stream else b"false",
+    )
     socks = [_raw_request(gw.port, body) for _ in range(3)]
     assert _wait_for(lambda: _running(sim.url) == 3), "requests never started on the engine"
     if stream:
@@ -53,8 +57,12 @@ def test_client_disconnect_aborts_the_engine_request(procs: Processes, stream: b
         s.close()
     # 2000 tokens at 20 ms would run 40 s; the engine must drop them as soon as we leave.
     assert _wait_for(lambda: _running(sim.url) == 0, timeout=3.0), "engine kept generating"
-    assert _wait_for(lambda: metric_total(
-        gw.url, "inferstack_client_disconnects_total", route="/v1/completions") == 3)
+    assert _wait_for(
+        lambda: (
+            metric_total(gw.url, "inferstack_client_disconnects_total", route="/v1/completions")
+            == 3
+        )
+    )
     # The gateway's own in-flight accounting is back to zero as well.
     assert _wait_for(lambda: metric_total(gw.url, "inferstack_backend_in_flight") == 0)
 
@@ -64,13 +72,13 @@ def test_killed_engine_mid_run(procs: Processes) -> None:
     slow = procs.sim("--ttft-ms", "10", "--itl-ms", "10")
     other = procs.sim("--ttft-ms", "10", "--itl-ms", "10")
     gw = procs.gateway([slow, other], workers=2, env={"INFERSTACK_HEALTH_INTERVAL_S": "5"})
-    client = openai.OpenAI(base_url=gw.url + "/v1", api_key=TEST_KEY, max_retries=0,
-                           timeout=20)
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key=TEST_KEY, max_retries=0, timeout=20)
 
     def one(i: int) -> str:
         try:
-            r = client.completions.create(model=SIM_MODEL, prompt=f"p{i}", max_tokens=50,
-                                          extra_body={"ignore_eos": True})
+            r = client.completions.create(
+                model=SIM_MODEL, prompt=f"p{i}", max_tokens=50, extra_body={"ignore_eos": True}
+            )
             return "ok" if r.usage and r.usage.completion_tokens == 50 else "short"
         except openai.APIError as exc:
             return f"error:{type(exc).__name__}"
@@ -90,7 +98,11 @@ def test_killed_engine_mid_run(procs: Processes) -> None:
     # Those that were mid-generation on the dead engine fail cleanly (no hang).
     assert all(r == "ok" or r.startswith("error:") for r in results_first), results_first
     assert "ok" in results_first
-    assert metric_total(gw.url, "inferstack_backend_healthy", backend=slow.url[7:]) == 0
+    # Every worker has ejected it (passively or by its next probe).
+    assert _wait_for(
+        lambda: metric_total(gw.url, "inferstack_backend_healthy", backend=slow.url[7:]) == 0,
+        timeout=8,
+    )
 
 
 def test_killed_engine_before_first_token_is_retried(procs: Processes) -> None:
@@ -99,13 +111,16 @@ def test_killed_engine_before_first_token_is_retried(procs: Processes) -> None:
     good = procs.sim("--ttft-ms", "10", "--itl-ms", "10")
     # One worker: least-outstanding routing splits the streams evenly over both engines.
     gw = procs.gateway([doomed, good], workers=1, env={"INFERSTACK_HEALTH_INTERVAL_S": "30"})
-    client = openai.OpenAI(base_url=gw.url + "/v1", api_key=TEST_KEY, max_retries=0,
-                           timeout=20)
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key=TEST_KEY, max_retries=0, timeout=20)
 
     def stream(i: int) -> int:
         chunks = client.completions.create(
-            model=SIM_MODEL, prompt=f"x{i}", max_tokens=5, stream=True,
-            extra_body={"ignore_eos": True})
+            model=SIM_MODEL,
+            prompt=f"x{i}",
+            max_tokens=5,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        )
         return sum(1 for c in chunks if c.choices and c.choices[0].text)
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
@@ -118,15 +133,20 @@ def test_killed_engine_before_first_token_is_retried(procs: Processes) -> None:
 
 def test_overload_answers_429_with_retry_after(procs: Processes) -> None:
     sim = procs.sim("--ttft-ms", "500", "--itl-ms", "10")
-    gw = procs.gateway([sim], workers=1, env={
-        "INFERSTACK_BACKEND_MAX_INFLIGHT": "4", "INFERSTACK_ADMISSION_WAIT_MS": "50",
-        "INFERSTACK_RETRY_AFTER_S": "2"})
+    gw = procs.gateway(
+        [sim],
+        workers=1,
+        env={
+            "INFERSTACK_BACKEND_MAX_INFLIGHT": "4",
+            "INFERSTACK_ADMISSION_WAIT_MS": "50",
+            "INFERSTACK_RETRY_AFTER_S": "2",
+        },
+    )
 
     async def burst() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=gw.url, headers=AUTH, timeout=20) as c:
             body = {"model": SIM_MODEL, "prompt": "x", "max_tokens": 2}
-            return await asyncio.gather(*(c.post("/v1/completions", json=body)
-                                          for _ in range(12)))
+            return await asyncio.gather(*(c.post("/v1/completions", json=body) for _ in range(12)))
 
     responses = asyncio.run(burst())
     codes = sorted(r.status_code for r in responses)
@@ -140,8 +160,11 @@ def test_overload_answers_429_with_retry_after(procs: Processes) -> None:
 
 def test_bounded_wait_admits_when_a_slot_frees(procs: Processes) -> None:
     sim = procs.sim("--ttft-ms", "100", "--itl-ms", "1")
-    gw = procs.gateway([sim], workers=1, env={
-        "INFERSTACK_BACKEND_MAX_INFLIGHT": "2", "INFERSTACK_ADMISSION_WAIT_MS": "2000"})
+    gw = procs.gateway(
+        [sim],
+        workers=1,
+        env={"INFERSTACK_BACKEND_MAX_INFLIGHT": "2", "INFERSTACK_ADMISSION_WAIT_MS": "2000"},
+    )
 
     async def burst() -> list[int]:
         async with httpx.AsyncClient(base_url=gw.url, headers=AUTH, timeout=20) as c:
@@ -156,13 +179,19 @@ def test_all_backends_down_answers_503(procs: Processes) -> None:
     sim = procs.sim()
     gw = procs.gateway([sim], workers=2, env={"INFERSTACK_RETRY_AFTER_S": "3"})
     sim.stop(signal.SIGKILL)
-    r = httpx.post(gw.url + "/v1/completions", headers=AUTH,
-                   json={"model": SIM_MODEL, "prompt": "x", "max_tokens": 1})
+    r = httpx.post(
+        gw.url + "/v1/completions",
+        headers=AUTH,
+        json={"model": SIM_MODEL, "prompt": "x", "max_tokens": 1},
+    )
     assert r.status_code in (502, 503), r.text  # 502 only if this worker had not noticed yet
     assert _wait_for(lambda: httpx.get(gw.url + "/ready").status_code == 503)
     for _ in range(4):  # every worker
-        r = httpx.post(gw.url + "/v1/completions", headers=AUTH,
-                       json={"model": SIM_MODEL, "prompt": "x", "max_tokens": 1})
+        r = httpx.post(
+            gw.url + "/v1/completions",
+            headers=AUTH,
+            json={"model": SIM_MODEL, "prompt": "x", "max_tokens": 1},
+        )
         assert r.status_code == 503, r.text
         assert r.headers["retry-after"] == "3"
         assert r.json()["error"]["code"] == "no_healthy_backend"
@@ -176,15 +205,21 @@ def test_ejected_engine_is_readmitted(procs: Processes) -> None:
     assert _wait_for(lambda: httpx.get(gw.url + "/ready").status_code == 503)
     procs.sim(port=port)
     assert _wait_for(lambda: httpx.get(gw.url + "/ready").status_code == 200, timeout=10)
-    r = httpx.post(gw.url + "/v1/completions", headers=AUTH,
-                   json={"model": SIM_MODEL, "prompt": "x", "max_tokens": 1})
+    r = httpx.post(
+        gw.url + "/v1/completions",
+        headers=AUTH,
+        json={"model": SIM_MODEL, "prompt": "x", "max_tokens": 1},
+    )
     assert r.status_code == 200
 
 
 def test_engine_errors_are_retried_then_reported(procs: Processes) -> None:
     broken = procs.sim("--error-rate", "1.0")
     gw = procs.gateway([broken], workers=1, env={"INFERSTACK_EJECT_AFTER_FAILURES": "100"})
-    r = httpx.post(gw.url + "/v1/completions", headers=AUTH,
-                   json={"model": SIM_MODEL, "prompt": "x", "max_tokens": 1})
+    r = httpx.post(
+        gw.url + "/v1/completions",
+        headers=AUTH,
+        json={"model": SIM_MODEL, "prompt": "x", "max_tokens": 1},
+    )
     assert r.status_code == 502, r.text
     assert r.json()["error"]["type"] == "upstream_error"

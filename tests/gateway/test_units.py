@@ -20,9 +20,11 @@ from inferstack.gateway.streaming import EventTracker
 
 
 def _settings(**kw: object) -> GatewaySettings:
-    base: dict[str, object] = {"auth_enabled": False, "workers": 1,
-                               "backends": ["http://127.0.0.1:1", "http://127.0.0.1:2",
-                                            "http://127.0.0.1:3"]}
+    base: dict[str, object] = {
+        "auth_enabled": False,
+        "workers": 1,
+        "backends": ["http://127.0.0.1:1", "http://127.0.0.1:2", "http://127.0.0.1:3"],
+    }
     return GatewaySettings(**{**base, **kw})  # type: ignore[arg-type]
 
 
@@ -38,22 +40,31 @@ def test_usage_is_spliced_in_when_stream_options_absent() -> None:
     body = b'{"model":"m","prompt":"x","stream":true}  \n'
     req = CompletionRequest.model_validate_json(body)
     out = with_usage_requested(body, req)
-    assert orjson.loads(out) == {"model": "m", "prompt": "x", "stream": True,
-                                 "stream_options": {"include_usage": True}}
+    assert orjson.loads(out) == {
+        "model": "m",
+        "prompt": "x",
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
 
 
 def test_usage_is_set_inside_existing_stream_options() -> None:
-    body = b'{"model":"m","prompt":"x","stream":true,"stream_options":{"include_usage":false,' \
-           b'"continuous_usage_stats":true}}'
+    body = (
+        b'{"model":"m","prompt":"x","stream":true,"stream_options":{"include_usage":false,'
+        b'"continuous_usage_stats":true}}'
+    )
     req = CompletionRequest.model_validate_json(body)
     assert orjson.loads(with_usage_requested(body, req))["stream_options"] == {
-        "include_usage": True, "continuous_usage_stats": True}
+        "include_usage": True,
+        "continuous_usage_stats": True,
+    }
 
 
 # ----- SSE tracking -----
 def _tracker(forward_usage: bool) -> EventTracker:
-    return EventTracker(RequestContext(request_id="r", route="/v1/completions", model="m"),
-                        forward_usage)
+    return EventTracker(
+        RequestContext(request_id="r", route="/v1/completions", model="m"), forward_usage
+    )
 
 
 def test_tracker_drops_injected_usage_chunk_and_keeps_done() -> None:
@@ -107,8 +118,12 @@ async def test_affinity_is_stable_and_spreads() -> None:
 
 
 async def test_full_pool_waits_then_429() -> None:
-    pool = _pool(backends=["http://127.0.0.1:1"], backend_max_inflight=1,
-                 admission_wait_ms=50, retry_after_s=7)
+    pool = _pool(
+        backends=["http://127.0.0.1:1"],
+        backend_max_inflight=1,
+        admission_wait_ms=50,
+        retry_after_s=7,
+    )
     await pool.acquire("m", "r")
     with pytest.raises(APIError) as exc:
         await pool.acquire("m", "r")
@@ -126,8 +141,12 @@ async def test_waiter_gets_the_released_slot() -> None:
 
 
 async def test_waiters_are_bounded() -> None:
-    pool = _pool(backends=["http://127.0.0.1:1"], backend_max_inflight=1,
-                 admission_wait_ms=5000, admission_max_waiters=2)
+    pool = _pool(
+        backends=["http://127.0.0.1:1"],
+        backend_max_inflight=1,
+        admission_wait_ms=5000,
+        admission_max_waiters=2,
+    )
     await pool.acquire("m", "r")
     waiting = [asyncio.ensure_future(pool.acquire("m", "r")) for _ in range(2)]
     await asyncio.sleep(0.01)
@@ -158,8 +177,34 @@ def test_5xx_streak_ejects_and_probe_readmits_after_eject_time() -> None:
     assert b.healthy and b.consecutive_failures == 0
 
 
-def test_worker_share_of_inflight_cap() -> None:
-    assert _settings(backend_max_inflight=256, workers=3).per_worker_inflight == 86
+def test_inflight_table_is_shared_across_forked_workers() -> None:
+    """Counts written by a forked worker are seen by its siblings; a dead slot is cleared."""
+    import os
+
+    from inferstack.gateway import shared
+
+    allocator = shared.SlotAllocator(shared.InflightTable(slots=4, columns=2))
+    old = shared.TABLE, shared.SLOT
+    try:
+        shared.TABLE = allocator.table
+        shared.SLOT = child_slot = allocator.take()
+        pid = os.fork()
+        if pid == 0:  # the "worker": three requests in flight on backend 1
+            counter = shared.InflightCounter(1)
+            for _ in range(3):
+                counter.add(1)
+            os._exit(0)
+        os.waitpid(pid, 0)
+        shared.SLOT = allocator.take()
+        mine = shared.InflightCounter(1)
+        mine.add(1)
+        assert mine.mine == 1 and mine.total() == 4
+        assert shared.InflightCounter(0).total() == 0
+        assert child_slot is not None
+        allocator.give_back(child_slot)
+        assert mine.total() == 1
+    finally:
+        shared.TABLE, shared.SLOT = old
 
 
 # ----- auth -----
@@ -179,28 +224,48 @@ def test_plain_key_in_config_is_refused() -> None:
 
 # ----- protocol -----
 def test_chat_prompt_chars_counts_text_parts() -> None:
-    req = ChatCompletionRequest.model_validate_json(orjson.dumps({
-        "model": "m", "messages": [
-            {"role": "system", "content": "abc"},
-            {"role": "user", "content": [{"type": "text", "text": "de"},
-                                         {"type": "image_url", "image_url": {"url": "x"}}]},
-            {"role": "assistant", "content": None, "tool_calls": []}]}))
+    req = ChatCompletionRequest.model_validate_json(
+        orjson.dumps(
+            {
+                "model": "m",
+                "messages": [
+                    {"role": "system", "content": "abc"},
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "text", "text": "de"},
+                            {"type": "image_url", "image_url": {"url": "x"}},
+                        ],
+                    },
+                    {"role": "assistant", "content": None, "tool_calls": []},
+                ],
+            }
+        )
+    )
     assert req.prompt_chars() == 5
 
 
 # ----- settings -----
-@pytest.mark.parametrize(("env", "needle"), [
-    ({"INFERSTACK_WORKERS": "zero"}, "INFERSTACK_WORKERS"),
-    ({"INFERSTACK_BACKENDS": '["not a url"]'}, "backends.0.url"),
-    ({"INFERSTACK_API_KEYS": "[]"}, "INFERSTACK_AUTH_ENABLED=false"),
-    ({"INFERSTACK_CONFIG": "/nonexistent/gw.yaml"}, "/nonexistent/gw.yaml"),
-])
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"INFERSTACK_WORKERS": "zero"}, "INFERSTACK_WORKERS"),
+        ({"INFERSTACK_BACKENDS": '["not a url"]'}, "backends.0.url"),
+        ({"INFERSTACK_API_KEYS": "[]"}, "INFERSTACK_AUTH_ENABLED=false"),
+        ({"INFERSTACK_CONFIG": "/nonexistent/gw.yaml"}, "/nonexistent/gw.yaml"),
+    ],
+)
 def test_bad_setting_stops_startup_naming_it(env: dict[str, str], needle: str) -> None:
     import os
 
     clean = {k: v for k, v in os.environ.items() if not k.startswith("INFERSTACK_")}
-    proc = subprocess.run([sys.executable, "-m", "inferstack", "gateway", "--check"],
-                          env={**clean, **env}, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "inferstack", "gateway", "--check"],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert needle in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -213,9 +278,13 @@ def test_settings_file_is_read(tmp_path: object) -> None:
     cfg = Path(str(tmp_path)) / "gw.yaml"
     cfg.write_text("backends: ['http://10.0.0.1:8000']\nauth_enabled: false\nworkers: 3\n")
     clean = {k: v for k, v in os.environ.items() if not k.startswith("INFERSTACK_")}
-    proc = subprocess.run([sys.executable, "-m", "inferstack", "gateway", "--check",
-                           "--config", str(cfg)], env={**clean, "INFERSTACK_WORKERS": "4"},
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "inferstack", "gateway", "--check", "--config", str(cfg)],
+        env={**clean, "INFERSTACK_WORKERS": "4"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     data = orjson.loads(proc.stdout)
     assert data["workers"] == 4  # the environment wins over the file

@@ -8,14 +8,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from inferstack import __version__, logs
-from inferstack.gateway.accounting import AccountingMiddleware
+from inferstack.gateway.asgi import GatewayASGI
 from inferstack.gateway.errors import install_handlers
-from inferstack.gateway.routes import router
+from inferstack.gateway.routes import DIRECT_ROUTES, router
 from inferstack.gateway.service import Gateway
 from inferstack.gateway.settings import GatewaySettings
 
 
-def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+def create_app(settings: GatewaySettings | None = None) -> GatewayASGI:
     """Build the app; settings come from ``INFERSTACK_*`` and ``INFERSTACK_CONFIG`` if omitted."""
     settings = settings or GatewaySettings()
     logs.setup(settings.log_level)
@@ -29,10 +29,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         finally:
             await gateway.stop()
 
-    app = FastAPI(title="inferstack gateway", version=__version__, lifespan=lifespan,
-                  docs_url=None, redoc_url=None)
-    app.state.gateway = gateway
+    app = FastAPI(
+        title="inferstack gateway",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
     install_handlers(app)
     app.include_router(router)
-    app.add_middleware(AccountingMiddleware, access_log_enabled=settings.access_log)
-    return app
+    return GatewayASGI(app, {"gateway": gateway}, DIRECT_ROUTES, settings.access_log)

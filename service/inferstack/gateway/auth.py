@@ -48,5 +48,9 @@ class KeyStore:
 
 
 def _unauthorized(message: str) -> APIError:
-    return APIError(401, message, code="invalid_api_key",
-                    headers={"WWW-Authenticate": 'Bearer realm="inferstack"'})
+    return APIError(
+        401,
+        message,
+        code="invalid_api_key",
+        headers={"WWW-Authenticate": 'Bearer realm="inferstack"'},
+    )

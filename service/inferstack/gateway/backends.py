@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from inferstack.gateway import metrics
 from inferstack.gateway.errors import APIError, busy, unavailable
 from inferstack.gateway.settings import BackendConfig, GatewaySettings
+from inferstack.gateway.shared import InflightCounter
 
 log = logging.getLogger("inferstack.gateway")
 
@@ -32,22 +33,22 @@ class Backend:
     """One engine instance as this worker sees it."""
 
     __slots__ = (
+        "_counter",
         "_healthy_gauge",
         "_inflight_gauge",
         "consecutive_failures",
         "ejected_until",
         "healthy",
-        "inflight",
         "label",
         "model_cards",
         "models",
         "url",
     )
 
-    def __init__(self, cfg: BackendConfig) -> None:
+    def __init__(self, cfg: BackendConfig, index: int) -> None:
         self.url = cfg.url
         self.label = cfg.label
-        self.inflight = 0
+        self._counter = InflightCounter(index)
         self.healthy = False
         self.ejected_until = 0.0
         self.consecutive_failures = 0
@@ -66,13 +67,27 @@ class Backend:
         self.healthy = healthy
         self._healthy_gauge.set(1 if healthy else 0)
 
+    @property
+    def inflight(self) -> int:
+        """Requests outstanding on this backend from every worker of this gateway."""
+        return self._counter.total()
+
+    @property
+    def my_inflight(self) -> int:
+        """Requests outstanding on this backend from this worker."""
+        return self._counter.mine
+
     def acquire(self) -> None:
-        self.inflight += 1
+        self._counter.add(1)
         self._inflight_gauge.inc()
 
     def release(self) -> None:
-        self.inflight -= 1
+        self._counter.add(-1)
         self._inflight_gauge.dec()
+
+
+_POLL_S = 0.005
+"""How often a waiting request looks again for slots freed by other workers."""
 
 
 def _rendezvous_score(key: str, backend: Backend) -> bytes:
@@ -83,8 +98,8 @@ class BackendPool:
     """Chooses a backend for each request and bounds what waits."""
 
     def __init__(self, settings: GatewaySettings) -> None:
-        self.backends = [Backend(b) for b in settings.backends]
-        self.cap = settings.per_worker_inflight
+        self.backends = [Backend(b, i) for i, b in enumerate(settings.backends)]
+        self.cap = settings.backend_max_inflight
         self._wait_s = settings.admission_wait_ms / 1000
         self._max_waiters = settings.admission_max_waiters
         self._retry_after = settings.retry_after_s
@@ -117,19 +132,21 @@ class BackendPool:
         return bool(self._candidates(model, exclude))
 
     def _pick(self, candidates: list[Backend], affinity: str | None) -> Backend | None:
-        free = [b for b in candidates if b.inflight < self.cap]
+        loads = [(b.inflight, b) for b in candidates]
+        free = [(n, b) for n, b in loads if n < self.cap]
         if not free:
             return None
         if affinity:
             # Rendezvous hashing over all candidates keeps a session on its engine while it
             # is healthy; only when that engine is full does the request spill elsewhere.
             home = max(candidates, key=lambda b: _rendezvous_score(affinity, b))
-            if home.inflight < self.cap:
+            if any(b is home for _, b in free):
                 return home
-        return min(free, key=lambda b: b.inflight)
+        return min(free, key=lambda nb: nb[0])[1]
 
-    async def acquire(self, model: str, route: str, affinity: str | None = None,
-                      exclude: Iterable[Backend] = ()) -> Backend:
+    async def acquire(
+        self, model: str, route: str, affinity: str | None = None, exclude: Iterable[Backend] = ()
+    ) -> Backend:
         """A backend with a slot taken, or 429/503 as an :class:`APIError`."""
         exclude = tuple(exclude)
         deadline = time.monotonic() + self._wait_s
@@ -137,8 +154,9 @@ class BackendPool:
             candidates = self._candidates(model, exclude)
             if not candidates:
                 metrics.REJECTIONS.labels(route, "no_backend").inc()
-                raise unavailable(self._retry_after,
-                                  f"No healthy backend serves model '{model}' right now.")
+                raise unavailable(
+                    self._retry_after, f"No healthy backend serves model '{model}' right now."
+                )
             chosen = self._pick(candidates, affinity)
             if chosen is not None:
                 chosen.acquire()
@@ -146,17 +164,20 @@ class BackendPool:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or len(self._waiters) >= self._max_waiters:
                 metrics.REJECTIONS.labels(route, "busy").inc()
-                raise busy(self._retry_after,
-                           "All backends are at capacity; retry after the indicated delay.")
+                raise busy(
+                    self._retry_after,
+                    "All backends are at capacity; retry after the indicated delay.",
+                )
             await self._wait_for_slot(remaining)
 
     async def _wait_for_slot(self, wait_s: float) -> None:
-        """Wait in FIFO order until a slot frees up or ``wait_s`` passes."""
+        """Wait in FIFO order until this worker frees a slot, or look again after a short
+        poll (another worker may have freed one), or until ``wait_s`` passes."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
         try:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(fut, wait_s)
+                await asyncio.wait_for(fut, min(wait_s, _POLL_S))
         finally:
             if not fut.done():
                 fut.cancel()
@@ -186,8 +207,9 @@ class BackendPool:
             backend.set_healthy(False)
 
     # ----- active health (called by the prober) -----
-    def probe_result(self, backend: Backend, ok: bool,
-                     cards: list[dict[str, object]] | None) -> None:
+    def probe_result(
+        self, backend: Backend, ok: bool, cards: list[dict[str, object]] | None
+    ) -> None:
         if cards is not None:
             backend.model_cards = cards
             backend.models = frozenset(str(c.get("id")) for c in cards)
@@ -210,5 +232,6 @@ class BackendPool:
 def raise_unknown_model(model: str, pool: BackendPool) -> APIError:
     names = sorted({str(c.get("id")) for b in pool.backends for c in b.model_cards})
     hint = f" Available: {', '.join(names)}." if names else ""
-    return APIError(404, f"The model '{model}' does not exist.{hint}", param="model",
-                    code="model_not_found")
+    return APIError(
+        404, f"The model '{model}' does not exist.{hint}", param="model", code="model_not_found"
+    )

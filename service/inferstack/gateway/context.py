@@ -8,10 +8,17 @@ from dataclasses import dataclass, field
 from inferstack.gateway.auth import ANONYMOUS
 
 # Route labels are a closed set so that arbitrary paths cannot blow up metric cardinality.
-ROUTES = frozenset({
-    "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models",
-    "/health", "/ready", "/metrics",
-})
+ROUTES = frozenset(
+    {
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/models",
+        "/health",
+        "/ready",
+        "/metrics",
+    }
+)
 
 
 def route_label(path: str) -> str:

@@ -62,7 +62,9 @@ class APIError(Exception):
 
     def response(self) -> Response:
         return Response(
-            self.body(), status_code=self.status, headers=self.headers,
+            self.body(),
+            status_code=self.status,
+            headers=self.headers,
             media_type="application/json",
         )
 
@@ -73,13 +75,13 @@ def error_body(message: str, type_: str, param: str | None, code: str | None) ->
 
 
 def busy(retry_after_s: int, message: str) -> APIError:
-    return APIError(429, message, code="server_busy",
-                    headers={"Retry-After": str(retry_after_s)})
+    return APIError(429, message, code="server_busy", headers={"Retry-After": str(retry_after_s)})
 
 
 def unavailable(retry_after_s: int, message: str) -> APIError:
-    return APIError(503, message, code="no_healthy_backend",
-                    headers={"Retry-After": str(retry_after_s)})
+    return APIError(
+        503, message, code="no_healthy_backend", headers={"Retry-After": str(retry_after_s)}
+    )
 
 
 _UNION_TAGS = frozenset({"str", "int", "float", "bool", "none", "dict", "list"})
@@ -109,12 +111,17 @@ def from_validation_error(exc: ValidationError | RequestValidationError) -> APIE
     # Within the first bad field, the deepest path is the most specific (a union's
     # "should be a string" at messages.0.content loses to messages.0.content.0.text).
     top = (paths[0] or "").split(".")[0]
-    param = max((p for p in paths if (p or "").split(".")[0] == top),
-                key=lambda p: len((p or "").split(".")))
+    param = max(
+        (p for p in paths if (p or "").split(".")[0] == top),
+        key=lambda p: len((p or "").split(".")),
+    )
     same = [e for e in errors if _field_path(tuple(e.get("loc", ()))) == param]
     msgs = list(dict.fromkeys(str(e.get("msg", "invalid value")) for e in same))
-    detail = msgs[0] if len(msgs) == 1 else "none of the accepted forms matches (" + "; ".join(
-        msgs[:4]) + ")"
+    detail = (
+        msgs[0]
+        if len(msgs) == 1
+        else "none of the accepted forms matches (" + "; ".join(msgs[:4]) + ")"
+    )
     message = f"{param}: {detail}" if param else detail
     others = {_field_path(tuple(e.get("loc", ()))) for e in errors} - {param}
     if others:
@@ -122,31 +129,35 @@ def from_validation_error(exc: ValidationError | RequestValidationError) -> APIE
     return APIError(400, message, param=param, code=str(errors[0].get("type", "invalid_value")))
 
 
+def response_for(exc: Exception, request: Request) -> Response:
+    """The OpenAI-shaped answer for any exception a handler raised."""
+    if isinstance(exc, APIError):
+        return exc.response()
+    if isinstance(exc, RequestValidationError | ValidationError):
+        return from_validation_error(exc).response()
+    if isinstance(exc, StarletteHTTPException):
+        status = exc.status_code
+        message = {404: "Not found: no such route", 405: "Method not allowed"}.get(
+            status, str(exc.detail)
+        )
+        return APIError(status, message, code=_TYPES.get(status), headers=exc.headers).response()
+    log.exception("unhandled error on %s", request.url.path, exc_info=exc)
+    return APIError(
+        500, "Internal error; the request id is in X-Request-ID", code="internal_error"
+    ).response()
+
+
 def install_handlers(app: FastAPI) -> None:
     """Map every exception the framework can raise to an OpenAI-shaped answer."""
 
-    async def on_api_error(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, APIError)
-        return exc.response()
+    async def handler(request: Request, exc: Exception) -> Response:
+        return response_for(exc, request)
 
-    async def on_http_error(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, StarletteHTTPException)
-        status = exc.status_code
-        message = {404: "Not found: no such route", 405: "Method not allowed"}.get(
-            status, str(exc.detail))
-        return APIError(status, message, code=_TYPES.get(status), headers=exc.headers).response()
-
-    async def on_validation(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestValidationError | ValidationError)
-        return from_validation_error(exc).response()
-
-    async def on_unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s", request.url.path)
-        return APIError(500, "Internal error; the request id is in X-Request-ID",
-                        code="internal_error").response()
-
-    app.add_exception_handler(APIError, on_api_error)
-    app.add_exception_handler(StarletteHTTPException, on_http_error)
-    app.add_exception_handler(RequestValidationError, on_validation)
-    app.add_exception_handler(ValidationError, on_validation)
-    app.add_exception_handler(Exception, on_unexpected)
+    for exc_type in (
+        APIError,
+        StarletteHTTPException,
+        RequestValidationError,
+        ValidationError,
+        Exception,
+    ):
+        app.add_exception_handler(exc_type, handler)

@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from inferstack.gateway import shared
 from inferstack.gateway.settings import ENV_PREFIX, GatewaySettings
 from inferstack.settings_source import SettingsFileError, describe_validation_error
 
@@ -36,7 +37,8 @@ except SettingsFileError as _exc:
 # (which re-reads this module in the same master) keeps counting in the same place.
 _metrics_dir = Path(
     _settings.metrics_dir
-    or os.path.join(tempfile.gettempdir(), f"inferstack-gateway-metrics-{os.getpid()}"))
+    or os.path.join(tempfile.gettempdir(), f"inferstack-gateway-metrics-{os.getpid()}")
+)
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_metrics_dir)
 
 wsgi_app = "inferstack.gateway.app:create_app()"
@@ -56,14 +58,30 @@ logconfig_dict: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"json": {"()": "inferstack.logs.JsonFormatter"}},
-    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json",
-                            "stream": "ext://sys.stderr"}},
+    "handlers": {
+        "stderr": {
+            "class": "logging.StreamHandler",
+            "formatter": "json",
+            "stream": "ext://sys.stderr",
+        }
+    },
     "root": {"handlers": ["stderr"], "level": _settings.log_level.upper()},
     "loggers": {
         "gunicorn.error": {"handlers": [], "propagate": True},
         "gunicorn.access": {"handlers": [], "propagate": False},
     },
 }
+
+
+# In-flight counts shared by the workers (see inferstack.gateway.shared). Rows for four times
+# the workers: during HUP reloads, old workers finish their streams beside the new ones.
+_slots = shared.SlotAllocator(shared.InflightTable(slots=4 * _settings.workers))
+shared.TABLE = _slots.table
+
+
+def pre_fork(server: Any, worker: Any) -> None:
+    """Give the worker about to be forked its own row of the shared in-flight table."""
+    worker.inferstack_slot = shared.SLOT = _slots.take()
 
 
 def on_starting(server: Any) -> None:
@@ -74,9 +92,12 @@ def on_starting(server: Any) -> None:
 
 
 def child_exit(server: Any, worker: Any) -> None:
-    """Drop a dead worker's live gauges (its counters stay, so totals never go back)."""
+    """Forget a dead worker: its in-flight row, and its live gauges (its counters stay, so
+    totals never go back)."""
     from prometheus_client import multiprocess
 
+    if getattr(worker, "inferstack_slot", None) is not None:
+        _slots.give_back(worker.inferstack_slot)
     multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
 
 

@@ -8,6 +8,7 @@ merge: ``livesum`` for in-flight counts, ``livemax`` for backend health as any w
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -21,56 +22,165 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector
 
 # Buckets follow vLLM's so engine- and gateway-side percentiles line up on one dashboard.
-_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
-                    7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
-_TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
-                 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
-_ITL_BUCKETS = (0.001, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15,
-                0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
+_LATENCY_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+    160.0,
+    640.0,
+    2560.0,
+)
+_TTFT_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+    160.0,
+    640.0,
+    2560.0,
+)
+_ITL_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.015,
+    0.02,
+    0.025,
+    0.03,
+    0.04,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+)
 
 REQUESTS = Counter(
-    "inferstack_requests", "Requests answered by the gateway.",
-    ["route", "status", "model", "key_id"])
+    "inferstack_requests",
+    "Requests answered by the gateway.",
+    ["route", "status", "model", "key_id"],
+)
 REQUEST_DURATION = Histogram(
     "inferstack_request_duration_seconds",
     "Time from request start to the last byte of the answer.",
-    ["route", "model"], buckets=_LATENCY_BUCKETS)
+    ["route", "model"],
+    buckets=_LATENCY_BUCKETS,
+)
 TTFT = Histogram(
     "inferstack_time_to_first_token_seconds",
     "Time from request start to the first streamed chunk with choices, as the client sees it.",
-    ["model"], buckets=_TTFT_BUCKETS)
+    ["model"],
+    buckets=_TTFT_BUCKETS,
+)
 ITL = Histogram(
     "inferstack_inter_token_latency_seconds",
     "Gaps between consecutive streamed content chunks.",
-    ["model"], buckets=_ITL_BUCKETS)
+    ["model"],
+    buckets=_ITL_BUCKETS,
+)
 PROMPT_TOKENS = Counter(
-    "inferstack_prompt_tokens", "Prompt tokens, from the engine's usage.", ["model", "key_id"])
+    "inferstack_prompt_tokens", "Prompt tokens, from the engine's usage.", ["model", "key_id"]
+)
 COMPLETION_TOKENS = Counter(
-    "inferstack_completion_tokens", "Generated tokens, from the engine's usage.",
-    ["model", "key_id"])
+    "inferstack_completion_tokens",
+    "Generated tokens, from the engine's usage.",
+    ["model", "key_id"],
+)
 IN_FLIGHT = Gauge(
-    "inferstack_requests_in_flight", "Requests being answered now.", ["route"],
-    multiprocess_mode="livesum")
+    "inferstack_requests_in_flight",
+    "Requests being answered now.",
+    ["route"],
+    multiprocess_mode="livesum",
+)
 BACKEND_IN_FLIGHT = Gauge(
-    "inferstack_backend_in_flight", "Requests outstanding on each backend.", ["backend"],
-    multiprocess_mode="livesum")
+    "inferstack_backend_in_flight",
+    "Requests outstanding on each backend.",
+    ["backend"],
+    multiprocess_mode="livesum",
+)
 BACKEND_HEALTHY = Gauge(
-    "inferstack_backend_healthy", "1 when the backend takes traffic, 0 when ejected.",
-    ["backend"], multiprocess_mode="livemax")
+    "inferstack_backend_healthy",
+    "1 when the backend takes traffic, 0 when ejected.",
+    ["backend"],
+    multiprocess_mode="livemax",
+)
 UPSTREAM_ERRORS = Counter(
     "inferstack_upstream_errors",
     "Failed calls to a backend, by kind (connect, timeout, status_5xx, disconnect).",
-    ["backend", "kind"])
-RETRIES = Counter(
-    "inferstack_retries", "Requests sent again to another backend.", ["route"])
+    ["backend", "kind"],
+)
+RETRIES = Counter("inferstack_retries", "Requests sent again to another backend.", ["route"])
 REJECTIONS = Counter(
     "inferstack_rejections",
     "Requests refused by admission control: busy (429) or no_backend (503).",
-    ["route", "reason"])
+    ["route", "reason"],
+)
 CLIENT_DISCONNECTS = Counter(
     "inferstack_client_disconnects",
     "Requests whose client went away before the answer was complete (upstream aborted).",
-    ["route"])
+    ["route"],
+)
+
+
+class ChildCache:
+    """Label children by value tuple, skipping ``labels()``'s validation and lock per call.
+
+    Only for label sets with bounded values (routes, served models, configured key ids).
+    """
+
+    __slots__ = ("_children", "_metric")
+
+    def __init__(self, metric: Any) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def get(self, *values: str) -> Any:
+        try:
+            return self._children[values]
+        except KeyError:
+            child = self._children[values] = self._metric.labels(*values)
+            return child
 
 
 def render() -> tuple[bytes, str]:

@@ -85,12 +85,14 @@ class Proxy:
         if self.pool.known_model(model):
             return
         if not self.pool.ready(None):
-            raise unavailable(self.settings.retry_after_s,
-                              "No healthy backend is available right now.")
+            raise unavailable(
+                self.settings.retry_after_s, "No healthy backend is available right now."
+            )
         raise raise_unknown_model(model, self.pool)
 
-    async def forward(self, request: Request, ctx: RequestContext, req: ProxiedRequest,
-                      path: str, body: bytes) -> Response | StreamRelay:
+    async def forward(
+        self, request: Request, ctx: RequestContext, req: ProxiedRequest, path: str, body: bytes
+    ) -> Response | StreamRelay:
         """Send ``body`` to a backend and return what the client gets."""
         stream = bool(getattr(req, "stream", False))
         client_wants_usage = True
@@ -109,8 +111,9 @@ class Proxy:
                 handed_off = False
                 try:
                     if stream:
-                        result = await self._open_stream(backend, ctx, path, body,
-                                                         client_wants_usage)
+                        result = await self._open_stream(
+                            backend, ctx, path, body, client_wants_usage
+                        )
                         # A relay owns the backend slot from here and releases it at its end.
                         handed_off = isinstance(result, StreamRelay)
                         return result
@@ -119,13 +122,15 @@ class Proxy:
                     metrics.UPSTREAM_ERRORS.labels(backend.label, failure.kind).inc()
                     self.pool.record_failure(backend, fatal=failure.fatal)
                     tried.append(backend)
-                    if (len(tried) > self.settings.max_retries
-                            or not self.pool.has_candidates(req.model, tried)):
+                    if len(tried) > self.settings.max_retries or not self.pool.has_candidates(
+                        req.model, tried
+                    ):
                         raise failure.error from None
                     ctx.retries += 1
                     metrics.RETRIES.labels(ctx.route).inc()
-                    log.warning("retrying on another backend after %s from %s",
-                                failure.kind, backend.label)
+                    log.warning(
+                        "retrying on another backend after %s from %s", failure.kind, backend.label
+                    )
                 finally:
                     if not handed_off:
                         self.pool.release(backend)
@@ -138,17 +143,20 @@ class Proxy:
         finally:
             guard.stop()
 
-    async def _post(self, backend: Backend, ctx: RequestContext, path: str,
-                    body: bytes) -> aiohttp.ClientResponse:
+    async def _post(
+        self, backend: Backend, ctx: RequestContext, path: str, body: bytes
+    ) -> aiohttp.ClientResponse:
         try:
             return await self.upstream.post(backend, path, body, ctx.request_id)
         except CONNECT_ERRORS as exc:
-            raise _Retry("connect", True, _bad_gateway(
-                f"Could not reach an engine ({type(exc).__name__}).")) from None
+            raise _Retry(
+                "connect", True, _bad_gateway(f"Could not reach an engine ({type(exc).__name__}).")
+            ) from None
         except TimeoutError:
             metrics.UPSTREAM_ERRORS.labels(backend.label, "timeout").inc()
-            raise APIError(504, "The engine did not answer in time.",
-                           code="upstream_timeout") from None
+            raise APIError(
+                504, "The engine did not answer in time.", code="upstream_timeout"
+            ) from None
 
     async def _read_error(self, backend: Backend, resp: aiohttp.ClientResponse) -> Response:
         """A non-200 answer: 5xx is retried elsewhere, 4xx is the engine's word to the client."""
@@ -159,13 +167,17 @@ class Proxy:
         finally:
             resp.release()
         if resp.status >= 500:
-            raise _Retry("status_5xx", False, _bad_gateway(
-                f"The engine failed to answer (HTTP {resp.status})."))
+            raise _Retry(
+                "status_5xx",
+                False,
+                _bad_gateway(f"The engine failed to answer (HTTP {resp.status})."),
+            )
         self.pool.record_success(backend)
         return Response(data, status_code=resp.status, media_type="application/json")
 
-    async def _call(self, backend: Backend, ctx: RequestContext, path: str,
-                    body: bytes) -> Response:
+    async def _call(
+        self, backend: Backend, ctx: RequestContext, path: str, body: bytes
+    ) -> Response:
         resp = await self._post(backend, ctx, path, body)
         if resp.status != 200:
             return await self._read_error(backend, resp)
@@ -173,8 +185,11 @@ class Proxy:
             data = await resp.read()
         except BROKEN_ERRORS:
             resp.close()
-            raise _Retry("disconnect", True, _bad_gateway(
-                "The engine connection broke before the answer was complete.")) from None
+            raise _Retry(
+                "disconnect",
+                True,
+                _bad_gateway("The engine connection broke before the answer was complete."),
+            ) from None
         except BaseException:
             resp.close()  # includes cancellation on client disconnect: the engine aborts
             raise
@@ -183,8 +198,14 @@ class Proxy:
         _account_usage(ctx, data)
         return Response(data, status_code=200, media_type="application/json")
 
-    async def _open_stream(self, backend: Backend, ctx: RequestContext, path: str,
-                           body: bytes, client_wants_usage: bool) -> Response | StreamRelay:
+    async def _open_stream(
+        self,
+        backend: Backend,
+        ctx: RequestContext,
+        path: str,
+        body: bytes,
+        client_wants_usage: bool,
+    ) -> Response | StreamRelay:
         resp = await self._post(backend, ctx, path, body)
         if resp.status != 200:
             return await self._read_error(backend, resp)
@@ -197,8 +218,11 @@ class Proxy:
             raise
         if not first:
             resp.close()
-            raise _Retry("disconnect", True, _bad_gateway(
-                "The engine closed the stream before its first event."))
+            raise _Retry(
+                "disconnect",
+                True,
+                _bad_gateway("The engine closed the stream before its first event."),
+            )
         self.pool.record_success(backend)
         ctx.stream = True
 

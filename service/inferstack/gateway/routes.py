@@ -19,7 +19,7 @@ _JSON = "application/json"
 
 
 def _gateway(request: Request) -> Gateway:
-    gw: Gateway = request.app.state.gateway
+    gw: Gateway = request.state.gateway
     return gw
 
 
@@ -33,9 +33,11 @@ def _body_schema(model: type) -> dict[str, object]:
     return {"requestBody": {"required": True, "content": {_JSON: {"schema": schema}}}}
 
 
-async def _proxied(request: Request,
-                   model: type[ChatCompletionRequest | CompletionRequest | EmbeddingRequest],
-                   path: str) -> Response:
+async def _proxied(
+    request: Request,
+    model: type[ChatCompletionRequest | CompletionRequest | EmbeddingRequest],
+    path: str,
+) -> Response:
     gw, ctx = _gateway(request), _ctx(request)
     ctx.key_id = gw.keys.authenticate(request.headers.get("authorization"))
     body = await read_body(request, gw.settings.max_body_bytes)
@@ -81,10 +83,22 @@ async def ready(request: Request) -> Response:
     model = gw.settings.model
     if not gw.pool.ready(model):
         what = f"model '{model}'" if model else "any model"
-        raise APIError(503, f"Not ready: no healthy backend serves {what}.", code="not_ready",
-                       headers={"Retry-After": str(gw.settings.retry_after_s)})
+        raise APIError(
+            503,
+            f"Not ready: no healthy backend serves {what}.",
+            code="not_ready",
+            headers={"Retry-After": str(gw.settings.retry_after_s)},
+        )
     healthy = sum(1 for b in gw.pool.backends if b.healthy)
     return Response(b'{"status":"ready","healthy_backends":%d}' % healthy, media_type=_JSON)
+
+
+# Called directly by the ASGI entry point, skipping FastAPI's layers (see asgi.py).
+DIRECT_ROUTES = {
+    "/v1/chat/completions": chat_completions,
+    "/v1/completions": completions,
+    "/v1/embeddings": embeddings,
+}
 
 
 @router.get("/metrics")

@@ -28,8 +28,7 @@ class Gateway:
         await self.upstream.start()
         await self.upstream.probe_all(self.pool)  # serve the first request with a known pool
         healthy = sum(b.healthy for b in self.pool.backends)
-        log.info("gateway worker ready: %d/%d backends healthy", healthy,
-                 len(self.pool.backends))
+        log.info("gateway worker ready: %d/%d backends healthy", healthy, len(self.pool.backends))
         self._prober = asyncio.create_task(self.upstream.probe_forever(self.pool))
 
     async def stop(self) -> None:

@@ -6,7 +6,6 @@ environment are JSON, e.g. ``INFERSTACK_BACKENDS='["http://127.0.0.1:8001"]'``.
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Annotated, Literal
 
@@ -91,7 +90,7 @@ class GatewaySettings(BaseSettings):
     backend_api_key: str | None = None
     """Bearer token sent to engines started with ``--api-key``."""
     backend_max_inflight: Annotated[int, Field(ge=1)] = 256
-    """In-flight requests allowed per backend, across all workers (each worker gets its share)."""
+    """In-flight requests allowed per backend, counted across all workers (shared memory)."""
     admission_wait_ms: Annotated[int, Field(ge=0, le=60_000)] = 250
     """How long a request may wait for a free slot before 429."""
     admission_max_waiters: Annotated[int, Field(ge=0)] = 512
@@ -152,11 +151,6 @@ class GatewaySettings(BaseSettings):
         if len(set(ids)) != len(ids):
             raise ValueError("api_keys: two keys share an id")
         return self
-
-    @property
-    def per_worker_inflight(self) -> int:
-        """This worker's share of ``backend_max_inflight``."""
-        return max(1, math.ceil(self.backend_max_inflight / self.workers))
 
     @classmethod
     def settings_customise_sources(

@@ -83,8 +83,13 @@ class EventTracker:
 class StreamRelay(Response):
     """ASGI response relaying an open engine stream whose first event is already read."""
 
-    def __init__(self, resp: aiohttp.ClientResponse, first_event: bytes,
-                 tracker: EventTracker, on_close: Callable[[EventTracker], None]) -> None:
+    def __init__(
+        self,
+        resp: aiohttp.ClientResponse,
+        first_event: bytes,
+        tracker: EventTracker,
+        on_close: Callable[[EventTracker], None],
+    ) -> None:
         # Deliberately not Response.__init__: there is no body to render up front.
         self.status_code = 200
         self.background = None
@@ -133,11 +138,20 @@ class StreamRelay(Response):
         kind = "timeout" if isinstance(exc, TimeoutError) else "disconnect"
         metrics.UPSTREAM_ERRORS.labels(self._tracker.ctx.backend, kind).inc()
         log.warning("engine stream broke mid-answer: %s", exc)
-        body = error_body("The engine stopped in the middle of the answer.",
-                          "upstream_error", None, "upstream_stream_broken")
+        body = error_body(
+            "The engine stopped in the middle of the answer.",
+            "upstream_error",
+            None,
+            "upstream_stream_broken",
+        )
         try:
-            await send({"type": "http.response.body", "body": b"data: " + body + b"\n\n",
-                        "more_body": True})
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": b"data: " + body + b"\n\n",
+                    "more_body": True,
+                }
+            )
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:
             self._tracker.ctx.client_gone = True

@@ -47,15 +47,20 @@ class Upstream:
         if settings.backend_api_key:
             self._headers["Authorization"] = f"Bearer {settings.backend_api_key}"
         self.timeout = aiohttp.ClientTimeout(
-            total=None, connect=settings.connect_timeout_s, sock_read=settings.read_timeout_s)
+            total=None, connect=settings.connect_timeout_s, sock_read=settings.read_timeout_s
+        )
         self._probe_timeout = aiohttp.ClientTimeout(total=settings.health_timeout_s)
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
-            limit=0, keepalive_timeout=60, ttl_dns_cache=300, enable_cleanup_closed=True)
+            limit=0, keepalive_timeout=60, ttl_dns_cache=300, enable_cleanup_closed=True
+        )
         self._session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",),
-            read_bufsize=2**16)
+            connector=connector,
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent",),
+            read_bufsize=2**16,
+        )
 
     async def close(self) -> None:
         if self._session is not None:
@@ -69,24 +74,27 @@ class Upstream:
     def headers(self, request_id: str) -> dict[str, str]:
         return {**self._headers, "X-Request-ID": request_id}
 
-    async def post(self, backend: Backend, path: str, body: bytes,
-                   request_id: str) -> aiohttp.ClientResponse:
+    async def post(
+        self, backend: Backend, path: str, body: bytes, request_id: str
+    ) -> aiohttp.ClientResponse:
         """Send a request; the caller owns (and must close) the response."""
         return await self.session.post(
-            backend.url + path, data=body, headers=self.headers(request_id),
-            timeout=self.timeout)
+            backend.url + path, data=body, headers=self.headers(request_id), timeout=self.timeout
+        )
 
     # ----- active health -----
     async def probe(self, backend: Backend) -> tuple[bool, list[dict[str, object]] | None]:
         """``/health`` must answer 200; ``/v1/models`` refreshes the backend's catalogue."""
         try:
-            async with self.session.get(backend.url + "/health",
-                                        timeout=self._probe_timeout) as resp:
+            async with self.session.get(
+                backend.url + "/health", timeout=self._probe_timeout
+            ) as resp:
                 await resp.read()
                 if resp.status != 200:
                     return False, None
-            async with self.session.get(backend.url + "/v1/models", headers=self._headers,
-                                        timeout=self._probe_timeout) as resp:
+            async with self.session.get(
+                backend.url + "/v1/models", headers=self._headers, timeout=self._probe_timeout
+            ) as resp:
                 if resp.status != 200:
                     return False, None
                 data = orjson.loads(await resp.read())
