@@ -1,13 +1,16 @@
 """What the gateway adds over calling the engine simulator directly, measured in one run.
 
-    python bench/gateway_overhead.py            # figures go to docs/benchmarks.md by hand
+    .venv/bin/python bench/gateway_overhead.py [--json FILE]
 
 (a) non-streaming requests at concurrency 1 and 64 against the ``instant`` simulator:
     throughput and p50/p99 latency, direct vs through Gunicorn + Uvicorn workers;
-(b) 256 concurrent streams against a paced simulator (fixed TTFT and inter-token gap):
-    TTFT and inter-token latency p50/p99, direct vs through the gateway.
-Direct and gateway runs alternate, several rounds, and the median round is reported, because
-this machine is shared and noisy: read the ratios, not the absolute numbers.
+(b) 256 concurrent streams against a paced simulator (fixed TTFT and inter-token gap, so
+    that "inter-token latency" means something): TTFT and ITL p50/p99, direct vs gateway.
+
+Direct and gateway runs alternate for several rounds and the median round is reported,
+because this machine is shared and noisy: read the ratios, not the absolute numbers. Each
+run first opens its connections (one unrecorded request per client worker). ``client_cpu``
+is the load generator's own CPU in cores: near 1.0 it is saturated and skews latencies.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from inferstack.localstack import SIM_MODEL, processes
@@ -35,25 +38,42 @@ def _body(stream: bool, max_tokens: int) -> bytes:
     ).encode()
 
 
-def _median_round(rounds: list[Result], key: str) -> Result:
-    ordered = sorted(rounds, key=lambda r: r.throughput if key == "tp" else pct(r.ttfts, 50))
-    return ordered[len(ordered) // 2]
+def _median(rounds: list[Result], key: Callable[[Result], float]) -> Result:
+    return sorted(rounds, key=key)[len(rounds) // 2]
 
 
-async def _pair(
+def _pair(
     direct_url: str,
     gw_url: str,
     body: bytes,
     concurrency: int,
     requests: int,
     rounds: int,
-    stream: bool,
+    stream: bool = False,
+    stagger_s: float = 0.0,
 ) -> tuple[list[Result], list[Result]]:
-    direct, gateway = [], []
+    direct: list[Result] = []
+    gateway: list[Result] = []
     for _ in range(rounds):
-        direct.append(await run(direct_url, body, concurrency, requests, stream=stream))
-        gateway.append(await run(gw_url, body, concurrency, requests, stream=stream))
+        for url, out in ((direct_url, direct), (gw_url, gateway)):
+            out.append(
+                asyncio.run(
+                    run(
+                        url,
+                        body,
+                        concurrency,
+                        requests,
+                        stream=stream,
+                        warmup=1,
+                        stagger_s=stagger_s,
+                    )
+                )
+            )
     return direct, gateway
+
+
+def _ms(values: list[float], q: float) -> float:
+    return round(pct(values, q) * 1e3, 3)
 
 
 def main() -> None:
@@ -66,8 +86,8 @@ def main() -> None:
     ap.add_argument("--requests-c64", type=int, default=6000)
     ap.add_argument("--streams", type=int, default=256)
     ap.add_argument("--stream-tokens", type=int, default=32)
-    ap.add_argument("--itl-ms", type=float, default=25.0)
-    ap.add_argument("--ttft-ms", type=float, default=50.0)
+    ap.add_argument("--itl-ms", type=float, default=50.0)
+    ap.add_argument("--ttft-ms", type=float, default=100.0)
     ap.add_argument("--json", type=Path, help="write the figures here as JSON")
     args = ap.parse_args()
 
@@ -77,70 +97,57 @@ def main() -> None:
         paced = ps.sim(
             "--ttft-ms", str(args.ttft_ms), "--itl-ms", str(args.itl_ms), "--max-num-seqs", "1024"
         )
-        gw_instant = ps.gateway(
-            [instant], workers=args.workers, env={"INFERSTACK_ACCESS_LOG": "false"}
-        )
-        gw_paced = ps.gateway([paced], workers=args.workers, env={"INFERSTACK_ACCESS_LOG": "false"})
+        quiet = {"INFERSTACK_ACCESS_LOG": "false"}
+        gw_instant = ps.gateway([instant], workers=args.workers, env=quiet)
+        gw_paced = ps.gateway([paced], workers=args.workers, env=quiet)
         path = "/v1/completions"
         body = _body(False, 16)
-        asyncio.run(run(instant.url + path, body, 16, 500))  # warm-up
-        asyncio.run(run(gw_instant.url + path, body, 16, 500))
 
         for conc, n in ((1, args.requests_c1), (64, args.requests_c64)):
-            d, g = asyncio.run(
-                _pair(
-                    instant.url + path,
-                    gw_instant.url + path,
-                    body,
-                    conc,
-                    n,
-                    args.rounds,
-                    stream=False,
-                )
-            )
-            dm, gm = _median_round(d, "tp"), _median_round(g, "tp")
+            d, g = _pair(instant.url + path, gw_instant.url + path, body, conc, n, args.rounds)
+            dm, gm = _median(d, lambda r: r.throughput), _median(g, lambda r: r.throughput)
             figures[f"nonstream_c{conc}"] = {
-                "direct_rps": dm.throughput,
-                "gateway_rps": gm.throughput,
-                "throughput_ratio": gm.throughput / dm.throughput,
-                "direct_p50_ms": pct(dm.latencies, 50) * 1e3,
-                "gateway_p50_ms": pct(gm.latencies, 50) * 1e3,
-                "direct_p99_ms": pct(dm.latencies, 99) * 1e3,
-                "gateway_p99_ms": pct(gm.latencies, 99) * 1e3,
-                "added_p50_ms": (pct(gm.latencies, 50) - pct(dm.latencies, 50)) * 1e3,
-                "added_p99_ms": (pct(gm.latencies, 99) - pct(dm.latencies, 99)) * 1e3,
+                "direct_rps": round(dm.throughput, 1),
+                "gateway_rps": round(gm.throughput, 1),
+                "throughput_ratio": round(gm.throughput / dm.throughput, 3),
+                "direct_p50_ms": _ms(dm.latencies, 50),
+                "gateway_p50_ms": _ms(gm.latencies, 50),
+                "direct_p99_ms": _ms(dm.latencies, 99),
+                "gateway_p99_ms": _ms(gm.latencies, 99),
+                "client_cpu_direct": round(dm.client_cpu, 2),
+                "client_cpu_gateway": round(gm.client_cpu, 2),
                 "failed": dm.failed + gm.failed,
             }
 
+        # Streams: each client worker runs two streams after its warm-up, started at random
+        # within one stream's duration so that arrivals do not come in one synchronized burst.
         sbody = _body(True, args.stream_tokens)
-        asyncio.run(run(gw_paced.url + path, sbody, 32, 64, stream=True))  # warm-up
-        d, g = asyncio.run(
-            _pair(
-                paced.url + path,
-                gw_paced.url + path,
-                sbody,
-                args.streams,
-                args.streams,
-                args.rounds,
-                stream=True,
-            )
+        stream_s = (args.ttft_ms + args.itl_ms * (args.stream_tokens - 1)) / 1000
+        d, g = _pair(
+            paced.url + path,
+            gw_paced.url + path,
+            sbody,
+            args.streams,
+            args.streams * 2,
+            args.rounds,
+            stream=True,
+            stagger_s=stream_s,
         )
-        dm, gm = _median_round(d, "ttft"), _median_round(g, "ttft")
+        dm, gm = _median(d, lambda r: pct(r.itls, 99)), _median(g, lambda r: pct(r.itls, 99))
         figures[f"stream_{args.streams}"] = {
             "configured_ttft_ms": args.ttft_ms,
             "configured_itl_ms": args.itl_ms,
             "tokens_per_stream": args.stream_tokens,
-            "direct_ttft_p50_ms": pct(dm.ttfts, 50) * 1e3,
-            "gateway_ttft_p50_ms": pct(gm.ttfts, 50) * 1e3,
-            "direct_ttft_p99_ms": pct(dm.ttfts, 99) * 1e3,
-            "gateway_ttft_p99_ms": pct(gm.ttfts, 99) * 1e3,
-            "added_ttft_p99_ms": (pct(gm.ttfts, 99) - pct(dm.ttfts, 99)) * 1e3,
-            "direct_itl_p50_ms": pct(dm.itls, 50) * 1e3,
-            "gateway_itl_p50_ms": pct(gm.itls, 50) * 1e3,
-            "direct_itl_p99_ms": pct(dm.itls, 99) * 1e3,
-            "gateway_itl_p99_ms": pct(gm.itls, 99) * 1e3,
-            "added_itl_p99_ms": (pct(gm.itls, 99) - pct(dm.itls, 99)) * 1e3,
-            "gateway_itl_mean_ms": statistics.fmean(gm.itls) * 1e3 if gm.itls else None,
+            "direct_ttft_p50_ms": _ms(dm.ttfts, 50),
+            "gateway_ttft_p50_ms": _ms(gm.ttfts, 50),
+            "direct_ttft_p99_ms": _ms(dm.ttfts, 99),
+            "gateway_ttft_p99_ms": _ms(gm.ttfts, 99),
+            "direct_itl_p50_ms": _ms(dm.itls, 50),
+            "gateway_itl_p50_ms": _ms(gm.itls, 50),
+            "direct_itl_p99_ms": _ms(dm.itls, 99),
+            "gateway_itl_p99_ms": _ms(gm.itls, 99),
+            "client_cpu_direct": round(dm.client_cpu, 2),
+            "client_cpu_gateway": round(gm.client_cpu, 2),
             "failed": dm.failed + gm.failed,
         }
     text = json.dumps(figures, indent=2)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -89,9 +90,12 @@ def make_app():  # type: ignore[no-untyped-def]
 
         return StreamingResponse(gen_h(), media_type="text/event-stream")
 
-    return Starlette(
-        routes=[Route("/v1/completions", relay, methods=["POST"])], on_startup=[startup]
-    )
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        await startup()
+        yield
+
+    return Starlette(routes=[Route("/v1/completions", relay, methods=["POST"])], lifespan=lifespan)
 
 
 def main() -> None:

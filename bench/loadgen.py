@@ -7,6 +7,7 @@ ITL = gaps between consecutive content events, latency = send -> last byte.
 from __future__ import annotations
 
 import asyncio
+import random
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ class Result:
     ok: int = 0
     failed: int = 0
     duration_s: float = 0.0
+    client_cpu: float = 0.0
+    """Cores the load generator itself used (1.0 = one saturated core: latencies skewed)."""
     latencies: list[float] = field(default_factory=list)
     ttfts: list[float] = field(default_factory=list)
     itls: list[float] = field(default_factory=list)
@@ -51,18 +54,39 @@ async def run(
     requests: int,
     headers: dict[str, str] | None = None,
     stream: bool = False,
+    warmup: int = 0,
+    stagger_s: float = 0.0,
 ) -> Result:
-    """Send ``requests`` requests with ``concurrency`` workers in a closed loop."""
+    """Send ``requests`` requests with ``concurrency`` workers in a closed loop.
+
+    Each worker first sends ``warmup`` requests that are not recorded, so that connections
+    are open and the measurement starts in steady state rather than in a connection storm;
+    then each waits a random ``stagger_s`` fraction so that requests do not move in lockstep.
+    """
     result = Result()
     hdrs = {"Content-Type": "application/json", **(headers or {})}
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
     timeout = aiohttp.ClientTimeout(total=120)
     remaining = requests
+    warmed = 0
+    ready = asyncio.Event()
 
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
         async def worker() -> None:
             nonlocal remaining
+            nonlocal warmed
+            try:
+                for _ in range(warmup):
+                    async with session.post(url, data=body, headers=hdrs) as resp:
+                        await resp.read()
+            finally:
+                warmed += 1
+                if warmed == concurrency:
+                    ready.set()  # every worker holds an open connection: measure from here
+            await ready.wait()
+            if stagger_s:
+                await asyncio.sleep(random.uniform(0, stagger_s))
             while remaining > 0:
                 remaining -= 1
                 t0 = time.perf_counter()
@@ -94,7 +118,10 @@ async def run(
                 result.latencies.append(time.perf_counter() - t0)
                 result.ok += 1
 
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        tasks = [asyncio.ensure_future(worker()) for _ in range(concurrency)]
+        await ready.wait()
+        start, cpu = time.perf_counter(), time.process_time()
+        await asyncio.gather(*tasks)
         result.duration_s = time.perf_counter() - start
+        result.client_cpu = (time.process_time() - cpu) / result.duration_s
     return result

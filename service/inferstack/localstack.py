@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -104,10 +105,17 @@ class Processes:
         return proc
 
     def sim(
-        self, *args: str, port: int | None = None, model: str = SIM_MODEL, wait: bool = True
+        self,
+        *args: str,
+        port: int | None = None,
+        model: str | None = SIM_MODEL,
+        wait: bool = True,
     ) -> Proc:
+        """A simulator serving ``model`` (None: the profile's own served model name)."""
         port = port or free_port()
-        argv = [PY, "-m", "inferstack.sim", "--port", str(port), "--model", model, *args]
+        argv = [PY, "-m", "inferstack.sim", "--port", str(port), *args]
+        if model is not None:
+            argv += ["--model", model]
         if not any(a == "--profile" for a in args):
             argv += ["--profile", "instant"]
         proc = self._spawn(argv, {}, "sim", port, f"http://127.0.0.1:{port}")
@@ -146,6 +154,7 @@ class Processes:
         argv = [PY, "-m", "inferstack", "gateway"]
         proc = self._spawn(argv, settings, "gateway", port, f"http://127.0.0.1:{port}")
         wait_http(proc.url + "/health", proc=proc.popen)
+        _wait_workers(proc, workers)
         if wait_ready:
             wait_http(proc.url + "/ready", proc=proc.popen)
         return proc
@@ -155,13 +164,32 @@ class Processes:
             proc.stop()
 
 
+def _wait_workers(proc: Proc, workers: int, timeout: float = 30.0) -> None:
+    """Until every worker has logged its start-up (else the first takes all connections)."""
+    deadline = time.monotonic() + timeout
+    while proc.log().count("Application startup complete") < workers:
+        if time.monotonic() > deadline or proc.popen.poll() is not None:
+            raise RuntimeError(f"gateway workers did not all start:\n{proc.log()[-2000:]}")
+        time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def processes(tmp: Path, cls: type[Processes] = Processes) -> Iterator[Processes]:
+    """Started processes are stopped on exit, also when this process gets SIGTERM."""
     ps = cls(tmp)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _exit_on_term)
     try:
         yield ps
     finally:
         ps.stop_all()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_term(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def run_local(engines: int, profile: str, port: int, workers: int, self_test: bool) -> int:
@@ -169,7 +197,7 @@ def run_local(engines: int, profile: str, port: int, workers: int, self_test: bo
     key = "sk-local-" + os.urandom(12).hex()
     workdir = Path(tempfile.mkdtemp(prefix="inferstack-local-"))
     with processes(workdir) as ps:
-        sims = [ps.sim("--profile", profile) for _ in range(engines)]
+        sims = [ps.sim("--profile", profile, model=None) for _ in range(engines)]
         gw = ps.gateway(sims, workers=workers, keys={"local": key}, port=port)
         model = _served_model(sims[0].url)
         curl = (

@@ -223,3 +223,33 @@ def test_engine_errors_are_retried_then_reported(procs: Processes) -> None:
     )
     assert r.status_code == 502, r.text
     assert r.json()["error"]["type"] == "upstream_error"
+
+
+def test_session_affinity_keeps_a_conversation_on_one_engine(procs: Processes) -> None:
+    sims = [procs.sim(), procs.sim()]
+    gw = procs.gateway(sims, workers=2, env={"INFERSTACK_SESSION_AFFINITY": "header_or_user"})
+
+    def served_by() -> list[float]:
+        return [metric_total(s.url, "vllm:request_success_total") for s in sims]
+
+    body = {"model": SIM_MODEL, "prompt": "turn", "max_tokens": 1}
+    homes = set()
+    for i in range(40):  # until both engines are home to some session (2**-39 to fail)
+        session = f"conversation-{i}"
+        if i >= 4 and len(homes) == 2:
+            break
+        before = served_by()
+        for _ in range(5):
+            r = httpx.post(
+                gw.url + "/v1/completions", json=body, headers={**AUTH, "X-Session-ID": session}
+            )
+            assert r.status_code == 200
+        delta = [a - b for a, b in zip(served_by(), before, strict=True)]
+        assert sorted(delta) == [0, 5], f"session {session} was split: {delta}"
+        homes.add(delta.index(5))
+    assert homes == {0, 1}, "every session went to the same engine"
+    # The `user` field works the same way when there is no header.
+    before = served_by()
+    for _ in range(4):
+        httpx.post(gw.url + "/v1/completions", json={**body, "user": "u-42"}, headers=AUTH)
+    assert sorted(a - b for a, b in zip(served_by(), before, strict=True)) == [0, 4]

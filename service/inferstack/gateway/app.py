@@ -38,4 +38,6 @@ def create_app(settings: GatewaySettings | None = None) -> GatewayASGI:
     )
     install_handlers(app)
     app.include_router(router)
-    return GatewayASGI(app, {"gateway": gateway}, DIRECT_ROUTES, settings.access_log)
+    entry = GatewayASGI(app, {"gateway": gateway}, DIRECT_ROUTES, settings.access_log)
+    gateway.gauge_publishers.append(entry.publish_gauges)
+    return entry

@@ -13,6 +13,7 @@ gateway's CPU per request (docs/benchmarks.md).
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 import uuid
@@ -63,7 +64,7 @@ class GatewayASGI:
         self._durations = metrics.ChildCache(metrics.REQUEST_DURATION)
         self._prompt = metrics.ChildCache(metrics.PROMPT_TOKENS)
         self._completion = metrics.ChildCache(metrics.COMPLETION_TOKENS)
-        self._in_flight = metrics.ChildCache(metrics.IN_FLIGHT)
+        self.in_flight: collections.Counter[str] = collections.Counter()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -75,8 +76,7 @@ class GatewayASGI:
         state["ctx"] = ctx
         token = REQUEST_ID.set(ctx.request_id)
         rid_header = (b"x-request-id", ctx.request_id.encode("latin-1"))
-        in_flight = self._in_flight.get(ctx.route)
-        in_flight.inc()
+        self.in_flight[ctx.route] += 1
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -96,9 +96,14 @@ class GatewayASGI:
                     response = response_for(exc, request)
                 await response(scope, receive, send_with_id)
         finally:
-            in_flight.dec()
+            self.in_flight[ctx.route] -= 1
             self._account(ctx)
             REQUEST_ID.reset(token)
+
+    def publish_gauges(self) -> None:
+        """This worker's in-flight count per route into the (livesum) gauge."""
+        for route, count in self.in_flight.items():
+            metrics.IN_FLIGHT.labels(route).set(count)
 
     def _account(self, ctx: RequestContext) -> None:
         duration = time.perf_counter() - ctx.start

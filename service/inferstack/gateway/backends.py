@@ -35,7 +35,6 @@ class Backend:
     __slots__ = (
         "_counter",
         "_healthy_gauge",
-        "_inflight_gauge",
         "consecutive_failures",
         "ejected_until",
         "healthy",
@@ -54,7 +53,6 @@ class Backend:
         self.consecutive_failures = 0
         self.models: frozenset[str] = frozenset()
         self.model_cards: list[dict[str, object]] = []
-        self._inflight_gauge = metrics.BACKEND_IN_FLIGHT.labels(self.label)
         self._healthy_gauge = metrics.BACKEND_HEALTHY.labels(self.label)
         self._healthy_gauge.set(0)
 
@@ -79,11 +77,9 @@ class Backend:
 
     def acquire(self) -> None:
         self._counter.add(1)
-        self._inflight_gauge.inc()
 
     def release(self) -> None:
         self._counter.add(-1)
-        self._inflight_gauge.dec()
 
 
 _POLL_S = 0.005
@@ -106,6 +102,11 @@ class BackendPool:
         self._eject_after = settings.eject_after_failures
         self._eject_s = settings.eject_s
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def publish_gauges(self) -> None:
+        """This worker's in-flight count per backend into the (livesum) gauge."""
+        for b in self.backends:
+            metrics.BACKEND_IN_FLIGHT.labels(b.label).set(b.my_inflight)
 
     # ----- model catalogue -----
     def models(self) -> list[dict[str, object]]:
@@ -186,14 +187,16 @@ class BackendPool:
 
     def release(self, backend: Backend) -> None:
         backend.release()
-        self._wake_one()
+        self._wake(1)
 
-    def _wake_one(self) -> None:
-        while self._waiters:
+    def _wake(self, count: int | None = None) -> None:
+        """Wake the first ``count`` live waiters in FIFO order (all when None)."""
+        woken = 0
+        while self._waiters and (count is None or woken < count):
             fut = self._waiters.popleft()
             if not fut.done():
                 fut.set_result(None)
-                return
+                woken += 1
 
     # ----- passive health -----
     def record_success(self, backend: Backend) -> None:
@@ -220,13 +223,7 @@ class BackendPool:
             if not backend.healthy:
                 backend.consecutive_failures = 0
             backend.set_healthy(True)
-            self._wake_all()
-
-    def _wake_all(self) -> None:
-        while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)
+            self._wake()
 
 
 def raise_unknown_model(model: str, pool: BackendPool) -> APIError:

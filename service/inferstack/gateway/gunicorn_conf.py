@@ -41,6 +41,11 @@ _metrics_dir = Path(
 )
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_metrics_dir)
 
+# Workers share one listening socket and libuv accepts every pending connection per wakeup,
+# so one worker would take a whole burst of connections while the others idle (measured:
+# 3064 of 3064 requests on one of two workers). One accept per wakeup spreads them.
+os.environ.setdefault("UV_TCP_SINGLE_ACCEPT", "1")
+
 wsgi_app = "inferstack.gateway.app:create_app()"
 bind = [_settings.bind]
 workers = _settings.workers

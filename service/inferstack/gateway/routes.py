@@ -102,6 +102,7 @@ DIRECT_ROUTES = {
 
 
 @router.get("/metrics")
-async def prometheus_metrics() -> Response:
+async def prometheus_metrics(request: Request) -> Response:
+    _gateway(request).publish_gauges()
     data, content_type = metrics.render()
     return Response(data, media_type=content_type)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from inferstack.gateway.auth import KeyStore
 from inferstack.gateway.backends import BackendPool
@@ -14,6 +15,8 @@ from inferstack.gateway.upstream import Upstream
 
 log = logging.getLogger("inferstack.gateway")
 
+GAUGE_INTERVAL_S = 0.5
+
 
 class Gateway:
     def __init__(self, settings: GatewaySettings) -> None:
@@ -22,18 +25,34 @@ class Gateway:
         self.pool = BackendPool(settings)
         self.upstream = Upstream(settings)
         self.proxy = Proxy(settings, self.pool, self.upstream)
-        self._prober: asyncio.Task[None] | None = None
+        self.gauge_publishers: list[Callable[[], None]] = [self.pool.publish_gauges]
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def publish_gauges(self) -> None:
+        """In-flight gauges are written from plain counters at this pace (and before every
+        scrape this worker answers), not on every request: a multiprocess gauge update is
+        a locked write to a memory-mapped file, too dear for the hot path."""
+        for publish in self.gauge_publishers:
+            publish()
+
+    async def _publish_forever(self) -> None:
+        while True:
+            await asyncio.sleep(GAUGE_INTERVAL_S)
+            self.publish_gauges()
 
     async def start(self) -> None:
         await self.upstream.start()
         await self.upstream.probe_all(self.pool)  # serve the first request with a known pool
         healthy = sum(b.healthy for b in self.pool.backends)
         log.info("gateway worker ready: %d/%d backends healthy", healthy, len(self.pool.backends))
-        self._prober = asyncio.create_task(self.upstream.probe_forever(self.pool))
+        self._tasks = [
+            asyncio.create_task(self.upstream.probe_forever(self.pool)),
+            asyncio.create_task(self._publish_forever()),
+        ]
 
     async def stop(self) -> None:
-        if self._prober is not None:
-            self._prober.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._prober
+                await task
         await self.upstream.close()

@@ -7,7 +7,6 @@ figures in docs/benchmarks.md).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import aiohttp
@@ -56,6 +55,7 @@ class Upstream:
             limit=0, keepalive_timeout=60, ttl_dns_cache=300, enable_cleanup_closed=True
         )
         self._session = aiohttp.ClientSession(
+            cookie_jar=aiohttp.DummyCookieJar(),
             connector=connector,
             auto_decompress=False,
             skip_auto_headers=("User-Agent",),
@@ -112,5 +112,7 @@ class Upstream:
         interval = self._settings.health_interval_s
         while True:
             await asyncio.sleep(interval)
-            with contextlib.suppress(Exception):
+            try:
                 await self.probe_all(pool)
+            except Exception:
+                log.exception("health probe round failed")

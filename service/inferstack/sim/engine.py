@@ -121,18 +121,23 @@ def _wake(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
-async def _park(req: SimRequest, delay: float | None) -> None:
-    """Wait until woken (token, finish, abort) or ``delay`` seconds pass."""
-    loop = asyncio.get_running_loop()
-    fut: asyncio.Future[None] = loop.create_future()
-    req.waiter = fut
-    handle = loop.call_later(delay, _wake, fut) if delay is not None else None
+async def _wait_woken(fut: asyncio.Future[None], delay: float | None) -> None:
+    """Wait until ``fut`` is woken, or ``delay`` seconds pass (None: no time limit)."""
+    handle = asyncio.get_running_loop().call_later(delay, _wake, fut) if delay is not None else None
     try:
         await fut
     finally:
-        req.waiter = None
         if handle is not None:
             handle.cancel()
+
+
+async def _park(req: SimRequest, delay: float | None) -> None:
+    """Wait until woken (token, finish, abort) or ``delay`` seconds pass."""
+    req.waiter = asyncio.get_running_loop().create_future()
+    try:
+        await _wait_woken(req.waiter, delay)
+    finally:
+        req.waiter = None
 
 
 def _notify(req: SimRequest) -> None:
@@ -380,16 +385,11 @@ class RooflineEngine(Engine):
 
     async def _idle(self, delay_s: float | None) -> None:
         """Block (no CPU) until a request arrives/leaves or ``delay_s`` passes."""
-        loop = asyncio.get_running_loop()
-        kick: asyncio.Future[None] = loop.create_future()
-        self._kick = kick
-        handle = loop.call_later(delay_s, _wake, kick) if delay_s is not None else None
+        self._kick = asyncio.get_running_loop().create_future()
         try:
-            await kick
+            await _wait_woken(self._kick, delay_s)
         finally:
             self._kick = None
-            if handle is not None:
-                handle.cancel()
 
     # -- interface --------------------------------------------------------------
 
