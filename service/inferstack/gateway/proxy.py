@@ -149,8 +149,15 @@ class Proxy:
         try:
             return await self.upstream.post(backend, path, body, ctx.request_id)
         except CONNECT_ERRORS as exc:
+            # Nothing reached the engine: to the client this is "no capacity", retryable.
+            log.warning("cannot reach %s: %s", backend.label, type(exc).__name__)
             raise _Retry(
-                "connect", True, _bad_gateway(f"Could not reach an engine ({type(exc).__name__}).")
+                "connect",
+                True,
+                unavailable(
+                    self.settings.retry_after_s,
+                    f"No engine serving this model could be reached ({type(exc).__name__}).",
+                ),
             ) from None
         except TimeoutError:
             metrics.UPSTREAM_ERRORS.labels(backend.label, "timeout").inc()
