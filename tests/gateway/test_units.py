@@ -85,6 +85,34 @@ def test_tracker_forwards_usage_when_asked() -> None:
     assert t.usage is not None and t.usage["completion_tokens"] == 1
 
 
+def test_histogram_batch_matches_plain_observations() -> None:
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from inferstack.gateway.metrics import HistogramBatch
+
+    reg = CollectorRegistry()
+    plain = Histogram("plain", "x", buckets=(0.01, 0.05, 0.1), registry=reg)
+    batched = Histogram("batched", "x", buckets=(0.01, 0.05, 0.1), registry=reg)
+    batch = HistogramBatch(batched)
+    values = [0.001, 0.01, 0.0100001, 0.05, 0.07, 0.1, 3.0] * 50  # bounds included
+    for v in values:
+        plain.observe(v)
+        batch.observe(v)
+    batch.flush()
+
+    def samples(name: str) -> list[tuple[str, float]]:
+        fam = next(m for m in reg.collect() if m.name == name)
+        return [
+            (s.name.removeprefix(name) + str(s.labels), s.value)
+            for s in fam.samples
+            if not s.name.endswith("_created")
+        ]
+
+    got, want = dict(samples("batched")), dict(samples("plain"))
+    assert got.pop("_sum{}") == pytest.approx(want.pop("_sum{}"))
+    assert got == want  # every bucket and the count exactly
+
+
 # ----- admission and routing -----
 async def test_least_outstanding_routing() -> None:
     pool = _pool()

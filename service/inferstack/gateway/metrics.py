@@ -7,6 +7,7 @@ merge: ``livesum`` for in-flight counts, ``livemax`` for backend health as any w
 
 from __future__ import annotations
 
+import bisect
 import os
 from typing import Any
 
@@ -181,6 +182,51 @@ class ChildCache:
         except KeyError:
             child = self._children[values] = self._metric.labels(*values)
             return child
+
+
+class HistogramBatch:
+    """Observations kept in plain per-bucket counts and written to a histogram child in one
+    go: one locked memory-mapped write per touched bucket instead of two per observation.
+
+    For per-chunk timings of a stream (hundreds per request). Uses prometheus-client's
+    histogram child layout (``_upper_bounds``, ``_buckets``, ``_sum``); falls back to plain
+    ``observe`` calls if that ever changes.
+    """
+
+    __slots__ = ("_bounds", "_child", "_counts", "_pending", "_sum")
+
+    FLUSH_EVERY = 256
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self._bounds: list[float] | None = getattr(child, "_upper_bounds", None)
+        if not (self._bounds and hasattr(child, "_buckets") and hasattr(child, "_sum")):
+            self._bounds = None
+        self._counts = [0] * len(self._bounds or ())
+        self._sum = 0.0
+        self._pending = 0
+
+    def observe(self, value: float) -> None:
+        if self._bounds is None:
+            self._child.observe(value)
+            return
+        self._counts[bisect.bisect_left(self._bounds, value)] += 1
+        self._sum += value
+        self._pending += 1
+        if self._pending >= self.FLUSH_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        buckets = self._child._buckets
+        for i, n in enumerate(self._counts):
+            if n:
+                buckets[i].inc(n)
+                self._counts[i] = 0
+        self._child._sum.inc(self._sum)
+        self._sum = 0.0
+        self._pending = 0
 
 
 def render() -> tuple[bytes, str]:

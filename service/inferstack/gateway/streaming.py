@@ -62,7 +62,7 @@ class EventTracker:
         self.done = False
         self._last = 0.0
         self._ttft = metrics.TTFT.labels(ctx.model)
-        self._itl = metrics.ITL.labels(ctx.model)
+        self._itl = metrics.HistogramBatch(metrics.ITL.labels(ctx.model))
 
     def feed(self, event: bytes) -> bytes | None:
         if event.startswith(_DONE):
@@ -78,6 +78,10 @@ class EventTracker:
             self._ttft.observe(now - self.ctx.start)
         self._last = now
         return event
+
+    def finish(self) -> None:
+        """Write the stream's batched inter-token timings to the metrics."""
+        self._itl.flush()
 
 
 class StreamRelay(Response):
@@ -131,6 +135,7 @@ class StreamRelay(Response):
                 resp.release()
             else:
                 resp.close()  # closing the connection makes the engine abort the request
+            tracker.finish()
             self._on_close(tracker)
 
     async def _fail_in_band(self, send: Send, exc: BaseException) -> None:
