@@ -223,6 +223,15 @@ class Engine:
             )
         )
 
+    def _stamp_token(self, req: SimRequest, t: float) -> None:
+        """Record the timing of the request's next output token (``req.num_output`` so far)."""
+        if req.num_output == 0:
+            req.first_token_ts = t
+            self.metrics.first_token(t - req.arrival, req.prompt_tokens)
+        else:
+            self.metrics.next_token(t - req.last_token_ts)
+        req.last_token_ts = t
+
 
 class FixedEngine(Engine):
     """Fixed TTFT/ITL per request, admission bounded by ``max_num_seqs``."""
@@ -293,12 +302,7 @@ class FixedEngine(Engine):
             if req.state != RUNNING:
                 return -1
         t = now()
-        if k == 0:
-            req.first_token_ts = t
-            self.metrics.first_token(t - req.arrival, req.prompt_tokens)
-        else:
-            self.metrics.next_token(t - req.last_token_ts)
-        req.last_token_ts = t
+        self._stamp_token(req, t)
         req.num_output = k + 1
         req.consumed = k + 1
         if k + 1 >= req.target:
@@ -526,14 +530,8 @@ class RooflineEngine(Engine):
         return total
 
     def _emit(self, req: SimRequest, t: float) -> None:
-        k = req.num_output
-        req.num_output = k + 1
-        if k == 0:
-            req.first_token_ts = t
-            self.metrics.first_token(t - req.arrival, req.prompt_tokens)
-        else:
-            self.metrics.next_token(t - req.last_token_ts)
-        req.last_token_ts = t
+        self._stamp_token(req, t)
+        req.num_output += 1
         if req.num_output == req.stall_at + 1 and req.stall_s > 0:
             req.stalled_until = t + req.stall_s
         if req.num_output >= req.target:

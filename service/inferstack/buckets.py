@@ -1,0 +1,26 @@
+"""vLLM v1's histogram buckets (``vllm/v1/metrics/loggers.py``), one copy for the project.
+
+The simulator uses them exactly; the gateway uses supersets with finer low buckets (a
+gateway sees sub-10 ms gaps and requests), so engine- and gateway-side percentiles line up on
+one dashboard.
+"""
+
+from __future__ import annotations
+
+TTFT_BUCKETS = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
+    7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+)  # fmt: skip
+ITL_BUCKETS = (
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
+    10.0, 20.0, 40.0, 80.0,
+)  # fmt: skip
+REQUEST_LATENCY_BUCKETS = (
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0,
+    120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0,
+)  # fmt: skip
+
+
+def with_finer(buckets: tuple[float, ...], *extra: float) -> tuple[float, ...]:
+    """``buckets`` plus ``extra`` bounds, sorted."""
+    return tuple(sorted(set(buckets) | set(extra)))
