@@ -63,12 +63,30 @@ def test_not_an_object(stack: Stack) -> None:
         ),
         ({"messages": [{"role": "user", "content": "x"}]}, "model"),
         ({"model": SIM_MODEL, "messages": []}, "messages"),
+        (
+            {
+                "model": SIM_MODEL,
+                "messages": [{"role": "user", "content": "x"}],
+                "stream_options": {"include_usage": True},
+            },
+            "stream_options",
+        ),
     ],
 )
 def test_wrong_types_name_the_field(stack: Stack, body: dict[str, object], param: str) -> None:
     err = _error(httpx.post(stack.gateway.url + CHAT, json=body, headers=AUTH), 400)
     assert err["param"] == param
     assert param in str(err["message"])
+
+
+def test_nan_is_refused(stack: Stack) -> None:
+    body = (
+        b'{"model":"%s","messages":[{"role":"user","content":"x"}],"temperature":NaN}'
+        % SIM_MODEL.encode()
+    )
+    err = _error(httpx.post(stack.gateway.url + CHAT, content=body, headers=AUTH), 400)
+    assert err["param"] == "temperature"
+    assert "finite" in str(err["message"])
 
 
 def test_oversized_body(stack: Stack) -> None:

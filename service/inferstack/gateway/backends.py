@@ -226,7 +226,7 @@ class BackendPool:
             self._wake()
 
 
-def raise_unknown_model(model: str, pool: BackendPool) -> APIError:
+def unknown_model_error(model: str, pool: BackendPool) -> APIError:
     names = sorted({str(c.get("id")) for b in pool.backends for c in b.model_cards})
     hint = f" Available: {', '.join(names)}." if names else ""
     return APIError(

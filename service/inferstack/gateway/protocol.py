@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationInfo,
+    field_validator,
+)
 
 NonNegFloat = Annotated[float, Field(ge=0)]
 
@@ -17,7 +26,7 @@ NonNegFloat = Annotated[float, Field(ge=0)]
 class _Open(BaseModel):
     """Typed fields are checked; unknown fields pass through to the engine."""
 
-    model_config = ConfigDict(extra="allow", strict=False)
+    model_config = ConfigDict(extra="allow", strict=False, allow_inf_nan=False)
 
 
 class StreamOptions(_Open):
@@ -71,6 +80,13 @@ class _Generation(_Open):
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     user: StrictStr | None = None
+
+    @field_validator("stream_options")
+    @classmethod
+    def _only_when_streaming(cls, v: StreamOptions | None, info: ValidationInfo) -> object:
+        if v is not None and not info.data.get("stream"):
+            raise ValueError("stream_options is only allowed when stream is true")
+        return v
 
 
 class ChatCompletionRequest(_Generation):

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from inferstack.gateway import metrics
-from inferstack.gateway.backends import Backend, BackendPool, raise_unknown_model
+from inferstack.gateway.backends import Backend, BackendPool, unknown_model_error
 from inferstack.gateway.context import RequestContext
 from inferstack.gateway.disconnect import DisconnectGuard
 from inferstack.gateway.errors import APIError, unavailable
@@ -88,7 +88,7 @@ class Proxy:
             raise unavailable(
                 self.settings.retry_after_s, "No healthy backend is available right now."
             )
-        raise raise_unknown_model(model, self.pool)
+        raise unknown_model_error(model, self.pool)
 
     async def forward(
         self, request: Request, ctx: RequestContext, req: ProxiedRequest, path: str, body: bytes
