@@ -249,3 +249,22 @@ def test_session_affinity_keeps_a_conversation_on_one_engine(procs: Processes) -
     for _ in range(4):
         httpx.post(gw.url + "/v1/completions", json={**body, "user": "u-42"}, headers=AUTH)
     assert sorted(a - b for a, b in zip(served_by(), before, strict=True)) == [0, 4]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_silent_engine_times_out_with_504(procs: Processes, stream: bool) -> None:
+    sim = procs.sim("--ttft-ms", "5000", "--itl-ms", "10")
+    gw = procs.gateway([sim], workers=1, env={"INFERSTACK_READ_TIMEOUT_S": "0.5"})
+    t0 = time.monotonic()
+    r = httpx.post(
+        gw.url + "/v1/completions",
+        headers=AUTH,
+        timeout=10,
+        json={"model": SIM_MODEL, "prompt": "x", "max_tokens": 2, "stream": stream},
+    )
+    assert r.status_code == 504, r.text
+    assert r.json()["error"]["code"] == "upstream_timeout"
+    assert time.monotonic() - t0 < 3
+    # The engine was told: its request is aborted, not left running.
+    assert _wait_for(lambda: _running(sim.url) == 0, timeout=3)
+    assert metric_total(gw.url, "inferstack_upstream_errors_total", kind="timeout") == 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 import orjson
@@ -57,6 +58,11 @@ def with_usage_requested(body: bytes, req: ProxiedRequest) -> bytes:
     opts["include_usage"] = True
     payload["stream_options"] = opts
     return orjson.dumps(payload)
+
+
+def _timed_out(backend: Backend) -> APIError:
+    metrics.UPSTREAM_ERRORS.labels(backend.label, "timeout").inc()
+    return APIError(504, "The engine did not answer in time.", code="upstream_timeout")
 
 
 def _bad_gateway(message: str) -> APIError:
@@ -160,10 +166,29 @@ class Proxy:
                 ),
             ) from None
         except TimeoutError:
-            metrics.UPSTREAM_ERRORS.labels(backend.label, "timeout").inc()
-            raise APIError(
-                504, "The engine did not answer in time.", code="upstream_timeout"
-            ) from None
+            raise _timed_out(backend) from None
+
+    async def _read_answer(
+        self,
+        resp: aiohttp.ClientResponse,
+        backend: Backend,
+        read: Callable[[], Awaitable[bytes]],
+        broken: str,
+    ) -> bytes:
+        """``read`` from an engine's answer. On any failure the connection is closed, which
+        makes the engine abort the request; a broken connection may be retried elsewhere
+        (nothing reached the client yet), a silent engine is a 504."""
+        try:
+            return await read()
+        except TimeoutError:  # before the connection errors: aiohttp's timeout is one too
+            resp.close()
+            raise _timed_out(backend) from None
+        except BROKEN_ERRORS:
+            resp.close()
+            raise _Retry("disconnect", True, _bad_gateway(broken)) from None
+        except BaseException:
+            resp.close()  # includes cancellation on client disconnect
+            raise
 
     async def _read_error(self, backend: Backend, resp: aiohttp.ClientResponse) -> Response:
         """A non-200 answer: 5xx is retried elsewhere, 4xx is the engine's word to the client."""
@@ -188,18 +213,9 @@ class Proxy:
         resp = await self._post(backend, ctx, path, body)
         if resp.status != 200:
             return await self._read_error(backend, resp)
-        try:
-            data = await resp.read()
-        except BROKEN_ERRORS:
-            resp.close()
-            raise _Retry(
-                "disconnect",
-                True,
-                _bad_gateway("The engine connection broke before the answer was complete."),
-            ) from None
-        except BaseException:
-            resp.close()  # includes cancellation on client disconnect: the engine aborts
-            raise
+        data = await self._read_answer(
+            resp, backend, resp.read, "The engine connection broke before the answer was complete."
+        )
         resp.release()
         self.pool.record_success(backend)
         _account_usage(ctx, data)
@@ -216,19 +232,19 @@ class Proxy:
         resp = await self._post(backend, ctx, path, body)
         if resp.status != 200:
             return await self._read_error(backend, resp)
-        try:
-            first = await resp.content.readuntil(b"\n\n", max_size=MAX_EVENT_BYTES)
-        except BROKEN_ERRORS:
-            first = b""
-        except BaseException:
-            resp.close()
-            raise
+        closed = "The engine closed the stream before its first event."
+        first = await self._read_answer(
+            resp,
+            backend,
+            lambda: resp.content.readuntil(b"\n\n", max_size=MAX_EVENT_BYTES),
+            closed,
+        )
         if not first:
             resp.close()
             raise _Retry(
                 "disconnect",
                 True,
-                _bad_gateway("The engine closed the stream before its first event."),
+                _bad_gateway(closed),
             )
         self.pool.record_success(backend)
         ctx.stream = True
