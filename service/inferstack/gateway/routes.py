@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 from fastapi import APIRouter, Request
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
 from starlette.responses import Response
 
 from inferstack.gateway import metrics
@@ -28,9 +32,20 @@ def _ctx(request: Request) -> RequestContext:
     return ctx
 
 
-def _body_schema(model: type) -> dict[str, object]:
-    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")  # type: ignore[attr-defined]
+_REF = "#/components/schemas/{model}"
+
+
+def _body_schema(model: type[BaseModel]) -> dict[str, object]:
+    """OpenAPI for a body the route validates itself (from raw bytes, not by FastAPI)."""
+    schema = {"$ref": _REF.format(model=model.__name__)}
     return {"requestBody": {"required": True, "content": {_JSON: {"schema": schema}}}}
+
+
+def request_schemas() -> dict[str, Any]:
+    """``components.schemas`` entries for the request models and everything they use."""
+    models: list[type[BaseModel]] = [ChatCompletionRequest, CompletionRequest, EmbeddingRequest]
+    _, top = models_json_schema([(m, "validation") for m in models], ref_template=_REF)
+    return dict(top.get("$defs", {}))
 
 
 async def _proxied(

@@ -107,9 +107,7 @@ class StreamRelay(Response):
         tracker, resp, ctx = self._tracker, self._resp, self._tracker.ctx
         guard = DisconnectGuard(receive)
         try:
-            await send(
-                {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
-            )
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             event = self._first
             while event:
                 out = tracker.feed(event)
