@@ -7,10 +7,11 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import httpx
 
-from tests.procs import SIM_MODEL, TEST_KEY, Processes, metric_total
+from tests.procs import SIM_MODEL, TEST_KEY, Proc, Processes, metric_total
 
 AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
 
@@ -33,6 +34,14 @@ def _stream_tokens(url: str, tokens: int, out: list[int]) -> None:
     out.append(n)
 
 
+def _started_pids(gw: Proc) -> set[int]:
+    return {
+        e["pid"]
+        for e in map(json.loads, filter(None, gw.log().splitlines()))
+        if e.get("msg", "").startswith("Application startup complete")
+    }
+
+
 def test_hup_rotates_workers_without_cutting_streams(procs: Processes) -> None:
     sim = procs.sim("--ttft-ms", "10", "--itl-ms", "20")
     gw = procs.gateway([sim], workers=2)
@@ -43,11 +52,7 @@ def test_hup_rotates_workers_without_cutting_streams(procs: Processes) -> None:
     for t in threads:
         t.start()
     time.sleep(0.5)  # streams are mid-way (100 tokens x 20 ms = 2 s)
-    old_pids = {
-        e["pid"]
-        for e in map(json.loads, filter(None, gw.log().splitlines()))
-        if e.get("msg", "").startswith("Application startup complete")
-    }
+    old_pids = _started_pids(gw)
     os.kill(gw.pid, signal.SIGHUP)
     for t in threads:
         t.join(30)
@@ -55,15 +60,9 @@ def test_hup_rotates_workers_without_cutting_streams(procs: Processes) -> None:
     assert results == [1100] * 4, results
     # New workers took over and serve; counters kept counting across the reload.
     deadline = time.monotonic() + 10
-    new_pids: set[int] = set()
-    while time.monotonic() < deadline and len(new_pids) < 2:
-        new_pids = {
-            e["pid"]
-            for e in map(json.loads, filter(None, gw.log().splitlines()))
-            if e.get("msg", "").startswith("Application startup complete")
-        } - old_pids
+    while time.monotonic() < deadline and len(_started_pids(gw) - old_pids) < 2:
         time.sleep(0.1)
-    assert len(new_pids) == 2, gw.log()[-2000:]
+    assert len(_started_pids(gw) - old_pids) == 2, gw.log()[-2000:]
     r = httpx.post(
         gw.url + "/v1/completions",
         headers=AUTH,
@@ -84,3 +83,26 @@ def test_term_lets_running_streams_finish(procs: Processes) -> None:
     t.join(30)
     assert results == [1050]
     assert gw.popen.wait(30) == 0
+
+
+def test_hup_rereads_the_settings_file(procs: Processes, tmp_path: Path) -> None:
+    """New workers read INFERSTACK_CONFIG again: a limit changed in the file applies."""
+    sim = procs.sim()
+    cfg = tmp_path / "gateway.yaml"
+    cfg.write_text("max_messages: 10\n")
+    gw = procs.gateway([sim], workers=2, env={"INFERSTACK_CONFIG": str(cfg)})
+    body = {"model": SIM_MODEL, "max_tokens": 1, "messages": [{"role": "user", "content": "x"}] * 5}
+    chat = gw.url + "/v1/chat/completions"
+    assert httpx.post(chat, headers=AUTH, json=body).status_code == 200
+    old = _started_pids(gw)
+    cfg.write_text("max_messages: 3\n")
+    os.kill(gw.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 15
+    while len(_started_pids(gw) - old) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(_started_pids(gw) - old) == 2, gw.log()[-2000:]
+    time.sleep(0.5)  # the old workers have stopped accepting
+    for _ in range(4):
+        r = httpx.post(chat, headers=AUTH, json=body)
+        assert r.status_code == 400, r.text  # the new limit of 3 messages applies
+        assert r.json()["error"]["param"] == "messages"
