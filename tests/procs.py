@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -25,6 +27,7 @@ __all__ = [
     "metric_total",
     "processes",
     "wait_http",
+    "wait_until",
 ]
 
 
@@ -59,3 +62,13 @@ def metric_total(url: str, name: str, **labels: str) -> float:
         for lb, v in metric_samples(text, name)
         if all(lb.get(k) == val for k, val in labels.items())
     )
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll ``predicate`` every 20 ms until it holds (True) or ``timeout`` passes (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False

@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import Callable
 
 import httpx
 
-from tests.procs import SIM_MODEL, TEST_KEY, Processes, metric_samples, metric_total
-
-
-def _settle(predicate: Callable[[], bool], timeout: float = 3.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
+from tests.procs import (
+    SIM_MODEL,
+    TEST_KEY,
+    Processes,
+    metric_samples,
+    metric_total,
+    wait_until,
+)
 
 
 def test_counters_equal_requests_sent_across_workers(procs: Processes) -> None:
@@ -65,10 +61,10 @@ def test_counters_equal_requests_sent_across_workers(procs: Processes) -> None:
     assert total("inferstack_completion_tokens_total", model=SIM_MODEL) == 3 * n
     assert total("inferstack_request_duration_seconds_count", route="/v1/completions") == n
     # In-flight gauges are sampled every half second per worker: they settle at zero.
-    assert _settle(
+    assert wait_until(
         lambda: metric_total(gw.url, "inferstack_requests_in_flight", route="/v1/completions") == 0
     )
-    assert _settle(lambda: metric_total(gw.url, "inferstack_backend_in_flight") == 0)
+    assert wait_until(lambda: metric_total(gw.url, "inferstack_backend_in_flight") == 0)
     # The engines saw exactly what the gateway counted.
     engine_total = sum(metric_total(s.url, "vllm:request_success_total") for s in sims)
     assert engine_total == n

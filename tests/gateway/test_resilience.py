@@ -12,22 +12,13 @@ import httpx
 import openai
 import pytest
 
-from tests.procs import SIM_MODEL, TEST_KEY, Processes, metric_total
+from tests.procs import SIM_MODEL, TEST_KEY, Processes, metric_total, wait_until
 
 AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
 
 
 def _running(sim_url: str) -> float:
     return metric_total(sim_url, "vllm:num_requests_running")
-
-
-def _wait_for(predicate, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def _raw_request(port: int, body: bytes) -> socket.socket:
@@ -50,21 +41,21 @@ def test_client_disconnect_aborts_the_engine_request(procs: Processes, stream: b
         b"true" if stream else b"false",
     )
     socks = [_raw_request(gw.port, body) for _ in range(3)]
-    assert _wait_for(lambda: _running(sim.url) == 3), "requests never started on the engine"
+    assert wait_until(lambda: _running(sim.url) == 3), "requests never started on the engine"
     if stream:
         socks[0].recv(4096)  # the stream is flowing
     for s in socks:
         s.close()
     # 2000 tokens at 20 ms would run 40 s; the engine must drop them as soon as we leave.
-    assert _wait_for(lambda: _running(sim.url) == 0, timeout=3.0), "engine kept generating"
-    assert _wait_for(
+    assert wait_until(lambda: _running(sim.url) == 0, timeout=3.0), "engine kept generating"
+    assert wait_until(
         lambda: (
             metric_total(gw.url, "inferstack_client_disconnects_total", route="/v1/completions")
             == 3
         )
     )
     # The gateway's own in-flight accounting is back to zero as well.
-    assert _wait_for(lambda: metric_total(gw.url, "inferstack_backend_in_flight") == 0)
+    assert wait_until(lambda: metric_total(gw.url, "inferstack_backend_in_flight") == 0)
 
 
 def test_killed_engine_mid_run(procs: Processes) -> None:
@@ -99,7 +90,7 @@ def test_killed_engine_mid_run(procs: Processes) -> None:
     assert all(r == "ok" or r.startswith("error:") for r in results_first), results_first
     assert "ok" in results_first
     # Every worker has ejected it (passively or by its next probe).
-    assert _wait_for(
+    assert wait_until(
         lambda: metric_total(gw.url, "inferstack_backend_healthy", backend=slow.url[7:]) == 0,
         timeout=8,
     )
@@ -125,7 +116,7 @@ def test_killed_engine_before_first_token_is_retried(procs: Processes) -> None:
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         futures = [pool.submit(stream, i) for i in range(8)]
-        assert _wait_for(lambda: _running(doomed.url) == 4), "streams did not spread"
+        assert wait_until(lambda: _running(doomed.url) == 4), "streams did not spread"
         doomed.stop(signal.SIGKILL)
         assert [f.result(timeout=20) for f in futures] == [5] * 8
     assert metric_total(gw.url, "inferstack_retries_total") >= 1
@@ -190,7 +181,7 @@ def test_all_backends_down_answers_503(procs: Processes) -> None:
         assert r.status_code == 503, r.text
         assert r.headers["retry-after"] == "3"
         assert r.json()["error"]["code"] == "no_healthy_backend"
-    assert _wait_for(lambda: httpx.get(gw.url + "/ready").status_code == 503)
+    assert wait_until(lambda: httpx.get(gw.url + "/ready").status_code == 503)
 
 
 def test_ejected_engine_is_readmitted(procs: Processes) -> None:
@@ -198,9 +189,9 @@ def test_ejected_engine_is_readmitted(procs: Processes) -> None:
     gw = procs.gateway([sim], workers=1)
     port = sim.port
     sim.stop(signal.SIGKILL)
-    assert _wait_for(lambda: httpx.get(gw.url + "/ready").status_code == 503)
+    assert wait_until(lambda: httpx.get(gw.url + "/ready").status_code == 503)
     procs.sim(port=port)
-    assert _wait_for(lambda: httpx.get(gw.url + "/ready").status_code == 200, timeout=10)
+    assert wait_until(lambda: httpx.get(gw.url + "/ready").status_code == 200, timeout=10)
     r = httpx.post(
         gw.url + "/v1/completions",
         headers=AUTH,
@@ -266,5 +257,5 @@ def test_silent_engine_times_out_with_504(procs: Processes, stream: bool) -> Non
     assert r.json()["error"]["code"] == "upstream_timeout"
     assert time.monotonic() - t0 < 3
     # The engine was told: its request is aborted, not left running.
-    assert _wait_for(lambda: _running(sim.url) == 0, timeout=3)
+    assert wait_until(lambda: _running(sim.url) == 0, timeout=3)
     assert metric_total(gw.url, "inferstack_upstream_errors_total", kind="timeout") == 1
