@@ -255,22 +255,44 @@ def chat_choice(
     }
 
 
-def chat_response(
-    rid: str, created: int, model: str, choices: list[dict[str, Any]], prompt: int, completion: int
+def _response(
+    obj: str,
+    rid: str,
+    created: int,
+    model: str,
+    choices: list[dict[str, Any]],
+    prompt: int,
+    completion: int,
+    extra: dict[str, Any],
 ) -> bytes:
     return orjson.dumps(
         {
             "id": rid,
-            "object": "chat.completion",
+            "object": obj,
             "created": created,
             "model": model,
             "choices": choices,
             "service_tier": None,
             "system_fingerprint": None,
             "usage": usage(prompt, completion),
-            "prompt_logprobs": None,
+            **extra,
             "kv_transfer_params": None,
         }
+    )
+
+
+def chat_response(
+    rid: str, created: int, model: str, choices: list[dict[str, Any]], prompt: int, completion: int
+) -> bytes:
+    return _response(
+        "chat.completion",
+        rid,
+        created,
+        model,
+        choices,
+        prompt,
+        completion,
+        {"prompt_logprobs": None},
     )
 
 
@@ -290,19 +312,7 @@ def completion_choice(
 def completion_response(
     rid: str, created: int, model: str, choices: list[dict[str, Any]], prompt: int, completion: int
 ) -> bytes:
-    return orjson.dumps(
-        {
-            "id": rid,
-            "object": "text_completion",
-            "created": created,
-            "model": model,
-            "choices": choices,
-            "service_tier": None,
-            "system_fingerprint": None,
-            "usage": usage(prompt, completion),
-            "kv_transfer_params": None,
-        }
-    )
+    return _response("text_completion", rid, created, model, choices, prompt, completion, {})
 
 
 def models_response(model: str, root: str, max_model_len: int, created: int) -> bytes:
