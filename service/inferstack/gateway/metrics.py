@@ -31,7 +31,6 @@ from inferstack.buckets import (
 
 # vLLM's buckets plus finer low ones, so engine- and gateway-side percentiles line up.
 _LATENCY_BUCKETS = with_finer(REQUEST_LATENCY_BUCKETS, 0.005, 0.01, 0.025, 0.05, 0.1)
-_TTFT_BUCKETS = TTFT_BUCKETS
 _ITL_BUCKETS = with_finer(ITL_BUCKETS, 0.001, 0.0025, 0.005)
 
 
@@ -50,7 +49,7 @@ TTFT = Histogram(
     "inferstack_time_to_first_token_seconds",
     "Time from request start to the first streamed chunk with choices, as the client sees it.",
     ["model"],
-    buckets=_TTFT_BUCKETS,
+    buckets=TTFT_BUCKETS,
 )
 ITL = Histogram(
     "inferstack_inter_token_latency_seconds",

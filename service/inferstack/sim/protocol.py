@@ -381,10 +381,13 @@ def _usage_bytes(prompt: int, completion: int) -> bytes:
     )
 
 
-class ChatChunks:
-    """Byte templates for one chat stream (``chat.completion.chunk`` events)."""
+class _Chunks:
+    """What every stream's events share: the event head up to ``"choices":``, and the
+    usage-only tail event."""
 
-    __slots__ = ("_head", "_tail_usage", "continuous", "prompt_tokens")
+    __slots__ = ("_head", "continuous", "prompt_tokens")
+
+    OBJECT = b""
 
     def __init__(
         self, rid: str, created: int, model: str, prompt_tokens: int, continuous: bool
@@ -392,7 +395,9 @@ class ChatChunks:
         self._head = (
             b'data: {"id":"'
             + rid.encode()
-            + b'","object":"chat.completion.chunk","created":'
+            + b'","object":"'
+            + self.OBJECT
+            + b'","created":'
             + str(created).encode()
             + b',"model":'
             + orjson.dumps(model)
@@ -400,11 +405,21 @@ class ChatChunks:
         )
         self.prompt_tokens = prompt_tokens
         self.continuous = continuous
-        self._tail_usage = b',"usage":'
+
+    def final_usage(self, completion: int) -> bytes:
+        return self._head + b'[],"usage":' + _usage_bytes(self.prompt_tokens, completion) + b"}\n\n"
+
+
+class ChatChunks(_Chunks):
+    """Byte templates for one chat stream (``chat.completion.chunk`` events)."""
+
+    __slots__ = ()
+
+    OBJECT = b"chat.completion.chunk"
 
     def _end(self, completion: int) -> bytes:
         if self.continuous:
-            return self._tail_usage + _usage_bytes(self.prompt_tokens, completion) + b"}\n\n"
+            return b',"usage":' + _usage_bytes(self.prompt_tokens, completion) + b"}\n\n"
         return b"}\n\n"
 
     def role(self, index: int) -> bytes:
@@ -460,9 +475,6 @@ class ChatChunks:
             + self._end(completion)
         )
 
-    def final_usage(self, completion: int) -> bytes:
-        return self._head + b'[],"usage":' + _usage_bytes(self.prompt_tokens, completion) + b"}\n\n"
-
 
 def _finish_bytes(finish: str, stop_reason: str | None) -> bytes:
     return (
@@ -474,25 +486,12 @@ def _finish_bytes(finish: str, stop_reason: str | None) -> bytes:
     )
 
 
-class CompletionChunks:
+class CompletionChunks(_Chunks):
     """Byte templates for one completions stream (``text_completion`` events)."""
 
-    __slots__ = ("_head", "continuous", "prompt_tokens")
+    __slots__ = ()
 
-    def __init__(
-        self, rid: str, created: int, model: str, prompt_tokens: int, continuous: bool
-    ) -> None:
-        self._head = (
-            b'data: {"id":"'
-            + rid.encode()
-            + b'","object":"text_completion","created":'
-            + str(created).encode()
-            + b',"model":'
-            + orjson.dumps(model)
-            + b',"choices":'
-        )
-        self.prompt_tokens = prompt_tokens
-        self.continuous = continuous
+    OBJECT = b"text_completion"
 
     def content(
         self,
@@ -515,6 +514,3 @@ class CompletionChunks:
             + tail
             + b"}\n\n"
         )
-
-    def final_usage(self, completion: int) -> bytes:
-        return self._head + b'[],"usage":' + _usage_bytes(self.prompt_tokens, completion) + b"}\n\n"
