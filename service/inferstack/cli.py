@@ -14,6 +14,7 @@ from inferstack import __version__
 from inferstack.gateway.auth import hash_key, new_key
 from inferstack.gateway.settings import CONFIG_ENV, ENV_PREFIX, GatewaySettings
 from inferstack.settings_source import SettingsFileError, describe_validation_error
+from inferstack.lab.cli import lab_app
 from inferstack.sim.cli import sim
 
 app = typer.Typer(
@@ -27,6 +28,7 @@ keys_app = typer.Typer(
     help="Create and hash API keys for the gateway's api_keys setting.", no_args_is_help=True
 )
 app.add_typer(keys_app, name="keys")
+app.add_typer(lab_app, name="lab")
 app.command("sim")(sim)
 
 
