@@ -13,8 +13,8 @@ from pydantic import ValidationError
 from inferstack import __version__
 from inferstack.gateway.auth import hash_key, new_key
 from inferstack.gateway.settings import CONFIG_ENV, ENV_PREFIX, GatewaySettings
-from inferstack.settings_source import SettingsFileError, describe_validation_error
 from inferstack.lab.cli import lab_app
+from inferstack.settings_source import SettingsFileError, describe_validation_error
 from inferstack.sim.cli import sim
 
 app = typer.Typer(

@@ -47,7 +47,7 @@ os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_metrics_dir)
 os.environ.setdefault("UV_TCP_SINGLE_ACCEPT", "1")
 
 wsgi_app = "inferstack.gateway.app:create_app()"
-bind = [_settings.bind]
+bind = [_settings.bind] if isinstance(_settings.bind, str) else list(_settings.bind)
 workers = _settings.workers
 worker_class = "inferstack.gateway.worker.GatewayWorker"
 graceful_timeout = int(_settings.graceful_timeout_s)

@@ -68,8 +68,9 @@ class GatewaySettings(BaseSettings):
     )
 
     # --- server (read by the Gunicorn config module) ---
-    bind: str = "127.0.0.1:9000"
-    """Gunicorn bind: ``HOST:PORT`` or ``unix:/run/inferstack/gateway.sock``."""
+    bind: str | list[str] = "127.0.0.1:9000"
+    """Gunicorn bind: ``HOST:PORT`` or ``unix:/run/inferstack/gateway.sock``, or a list of
+    them (e.g. a unix socket for a co-located edge and TCP for Prometheus and remote edges)."""
     workers: Annotated[int, Field(ge=1, le=256)] = 2
     """Uvicorn worker processes."""
     graceful_timeout_s: Annotated[float, Field(gt=0)] = 600.0

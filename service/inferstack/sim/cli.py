@@ -52,6 +52,11 @@ def sim(
         "--describe",
         help="Print the profile's derived figures (KV cache size, step times) as JSON and exit.",
     ),
+    hf_config: bool = typer.Option(
+        False,
+        "--hf-config",
+        help="Print the profile's model as a Hugging Face config.json and exit.",
+    ),
     list_profiles: bool = typer.Option(
         False, "--list-profiles", help="Print the available profiles and exit."
     ),
@@ -140,6 +145,11 @@ def sim(
     except SettingsError as exc:
         raise _fail(str(exc)) from None
 
+    if hf_config:
+        if resolved.model is None:
+            raise _fail(f"profile {resolved.name!r} has no model section")
+        typer.echo(json.dumps(resolved.model.hf_config(), indent=2))
+        raise typer.Exit(0)
     cost = CostModel(resolved)
     if describe:
         typer.echo(json.dumps(cost.describe(), indent=2))

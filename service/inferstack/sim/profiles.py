@@ -43,6 +43,21 @@ class ModelSpec(_Spec):
     weight_dtype_bytes: float = Field(2, gt=0)
     kv_dtype_bytes: float = Field(2, gt=0)
 
+    def hf_config(self) -> dict[str, object]:
+        """The architecture part of a Hugging Face ``config.json`` (what deployment preflight
+        checks read, e.g. ``num_attention_heads`` against the tensor-parallel size)."""
+        return {
+            "_name_or_path": self.name,
+            "num_hidden_layers": self.num_layers,
+            "hidden_size": self.hidden_size,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "vocab_size": self.vocab_size,
+            "max_position_embeddings": self.max_position_embeddings,
+            "torch_dtype": "bfloat16" if self.weight_dtype_bytes == 2 else "float8",
+        }
+
 
 class HardwareSpec(_Spec):
     """Per-GPU spec-sheet numbers plus the efficiency assumptions."""
