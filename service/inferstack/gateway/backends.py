@@ -34,8 +34,10 @@ class Backend:
 
     __slots__ = (
         "_counter",
+        "_drained_gauge",
         "_healthy_gauge",
         "consecutive_failures",
+        "drained",
         "ejected_until",
         "healthy",
         "label",
@@ -55,6 +57,9 @@ class Backend:
         self.model_cards: list[dict[str, object]] = []
         self._healthy_gauge = metrics.BACKEND_HEALTHY.labels(self.label)
         self._healthy_gauge.set(0)
+        self.drained = False
+        self._drained_gauge = metrics.BACKEND_DRAINED.labels(self.label)
+        self._drained_gauge.set(0)
 
     def serves(self, model: str) -> bool:
         return model in self.models
@@ -64,6 +69,12 @@ class Backend:
             log.info("backend %s %s", self.label, "admitted" if healthy else "ejected")
         self.healthy = healthy
         self._healthy_gauge.set(1 if healthy else 0)
+
+    def set_drained(self, drained: bool) -> None:
+        if drained != self.drained:
+            log.info("backend %s %s", self.label, "drained" if drained else "undrained")
+        self.drained = drained
+        self._drained_gauge.set(1 if drained else 0)
 
     @property
     def inflight(self) -> int:
@@ -122,12 +133,19 @@ class BackendPool:
         return any(b.serves(model) for b in self.backends)
 
     def ready(self, model: str | None) -> bool:
-        return any(b.healthy and (model is None or b.serves(model)) for b in self.backends)
+        return any(
+            b.healthy and not b.drained and (model is None or b.serves(model))
+            for b in self.backends
+        )
 
     # ----- choice -----
     def _candidates(self, model: str, exclude: Iterable[Backend]) -> list[Backend]:
         ex = set(map(id, exclude))
-        return [b for b in self.backends if b.healthy and b.serves(model) and id(b) not in ex]
+        return [
+            b
+            for b in self.backends
+            if b.healthy and not b.drained and b.serves(model) and id(b) not in ex
+        ]
 
     def has_candidates(self, model: str, exclude: Iterable[Backend]) -> bool:
         return bool(self._candidates(model, exclude))
@@ -208,6 +226,16 @@ class BackendPool:
         if fatal or backend.consecutive_failures >= self._eject_after:
             backend.ejected_until = time.monotonic() + self._eject_s
             backend.set_healthy(False)
+
+    def apply_drain(self, names: frozenset[str]) -> None:
+        """Drain the backends whose name (label) or URL is listed; undrain the rest."""
+        undrained = False
+        for b in self.backends:
+            drained = b.label in names or b.url in names
+            undrained |= b.drained and not drained
+            b.set_drained(drained)
+        if undrained:
+            self._wake()
 
     # ----- active health (called by the prober) -----
     def probe_result(

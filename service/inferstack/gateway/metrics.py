@@ -77,6 +77,12 @@ BACKEND_IN_FLIGHT = Gauge(
     ["backend"],
     multiprocess_mode="livesum",
 )
+BACKEND_DRAINED = Gauge(
+    "inferstack_backend_drained",
+    "1 while the backend is drained (drain file): no new requests, in-flight ones finish.",
+    ["backend"],
+    multiprocess_mode="livemax",
+)
 BACKEND_HEALTHY = Gauge(
     "inferstack_backend_healthy",
     "1 when the backend takes traffic, 0 when ejected.",

@@ -111,6 +111,9 @@ class GatewaySettings(BaseSettings):
     health_timeout_s: Annotated[float, Field(gt=0)] = 1.0
     eject_after_failures: Annotated[int, Field(ge=1)] = 3
     """Consecutive 5xx answers that eject a backend (connection errors eject at once)."""
+    drain_file: str | None = None
+    """File of backend names or URLs to drain, one per line, re-read every health interval: a
+    drained backend gets no new requests and its in-flight requests finish (rolling restarts)."""
     eject_s: Annotated[float, Field(ge=0)] = 5.0
     """Minimum time an ejected backend stays out before a passing probe re-admits it."""
 

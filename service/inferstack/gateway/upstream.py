@@ -12,6 +12,7 @@ import logging
 import aiohttp
 import orjson
 
+from inferstack.gateway import drain
 from inferstack.gateway.backends import Backend, BackendPool
 from inferstack.gateway.settings import GatewaySettings
 
@@ -107,6 +108,7 @@ class Upstream:
             return False, None
 
     async def probe_all(self, pool: BackendPool) -> None:
+        pool.apply_drain(await drain.read(self._settings.drain_file))
         results = await asyncio.gather(*(self.probe(b) for b in pool.backends))
         for backend, (ok, cards) in zip(pool.backends, results, strict=True):
             pool.probe_result(backend, ok, cards)
