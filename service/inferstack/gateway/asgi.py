@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from inferstack.gateway import metrics
+from inferstack.gateway import lameduck, metrics
 from inferstack.gateway.context import RequestContext, route_label
 from inferstack.gateway.errors import response_for
 from inferstack.gateway.proxy import CLIENT_CLOSED
@@ -82,6 +82,8 @@ class GatewayASGI:
             if message["type"] == "http.response.start":
                 ctx.status = message["status"]
                 message["headers"] = [*message.get("headers", ()), rid_header]
+                if lameduck.state.active:
+                    message["headers"].append(lameduck.CONNECTION_CLOSE)
             await send(message)
 
         try:

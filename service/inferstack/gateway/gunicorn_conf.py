@@ -45,6 +45,8 @@ os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_metrics_dir)
 # so one worker would take a whole burst of connections while the others idle (measured:
 # 3064 of 3064 requests on one of two workers). One accept per wakeup spreads them.
 os.environ.setdefault("UV_TCP_SINGLE_ACCEPT", "1")
+# Read by the workers (worker.py) when they are told to stop.
+os.environ["INFERSTACK_LAME_DUCK_S"] = str(_settings.lame_duck_s)
 
 wsgi_app = "inferstack.gateway.app:create_app()"
 bind = [_settings.bind] if isinstance(_settings.bind, str) else list(_settings.bind)

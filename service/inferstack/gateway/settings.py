@@ -75,6 +75,9 @@ class GatewaySettings(BaseSettings):
     """Uvicorn worker processes."""
     graceful_timeout_s: Annotated[float, Field(gt=0)] = 600.0
     """How long a worker may finish its streams after SIGTERM/HUP before it is killed."""
+    lame_duck_s: Annotated[float, Field(ge=0, le=60)] = 2.0
+    """On reload/stop, how long a worker keeps answering (with ``Connection: close``) on its open
+    connections after it stopped accepting new ones, so clients move without a reset."""
     keepalive_s: Annotated[float, Field(gt=0)] = 75.0
     """Idle keep-alive for client connections (longer than nginx's upstream keepalive_timeout)."""
     max_requests: Annotated[int, Field(ge=0)] = 100_000
