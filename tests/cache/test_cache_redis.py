@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 
 import httpx
 import pytest
@@ -288,3 +290,60 @@ def test_redis_stopped_mid_run_every_request_succeeds(procs: Processes) -> None:
     procs.redis(port=redis.port)
     post(gw.url, body)
     assert wait_until(lambda: post(gw.url, body).headers["x-cache"] == "HIT", timeout=10)
+
+
+def test_redis_that_stops_answering_is_passed_through(procs: Processes) -> None:
+    """A hung Redis (SIGSTOP: connections open, no answers) costs a timeout, not a failure."""
+    redis = procs.redis()
+    sim = procs.sim()
+    gw = procs.gateway(
+        [sim],
+        workers=2,
+        env={"INFERSTACK_CACHE_BACKEND": "redis", "INFERSTACK_CACHE_REDIS_URL": redis.url},
+    )
+    body = chat()
+    post(gw.url, body)
+    os.kill(redis.pid, signal.SIGSTOP)
+    try:
+        answers = [post(gw.url, body if i % 2 else chat()) for i in range(10)]
+    finally:
+        os.kill(redis.pid, signal.SIGCONT)
+    assert [r.status_code for r in answers] == [200] * 10
+    assert {r.headers["x-cache"] for r in answers} == {"MISS"}
+    assert metric_total(gw.url, "inferstack_cache_errors_total") >= 2
+
+
+def test_shared_namespace_answers_every_key(procs: Processes) -> None:
+    redis = procs.redis()
+    sim = procs.sim()
+    env = {
+        "INFERSTACK_CACHE_BACKEND": "redis",
+        "INFERSTACK_CACHE_REDIS_URL": redis.url,
+        "INFERSTACK_CACHE_NAMESPACE": "shared",
+    }
+    gw = procs.gateway([sim], workers=2, env=env)
+    body = chat()
+    a = post(gw.url, body, key=TEST_KEY)
+    b = post(gw.url, body, key=OTHER_KEY)
+    assert (a.headers["x-cache"], b.headers["x-cache"]) == ("MISS", "HIT")
+    assert a.content == b.content
+
+
+def test_memory_backend_in_one_worker(procs: Processes) -> None:
+    sim = procs.sim()
+    gw = procs.gateway([sim], workers=1, env={"INFERSTACK_CACHE_BACKEND": "memory"})
+    for body in (chat(), chat(stream=True)):
+        first, second = post(gw.url, body), post(gw.url, body)
+        assert (first.headers["x-cache"], second.headers["x-cache"]) == ("MISS", "HIT")
+        assert first.content == second.content
+    assert engine_requests(sim) == 2
+
+
+def test_cache_off_adds_nothing(procs: Processes) -> None:
+    sim = procs.sim()
+    gw = procs.gateway([sim], workers=1)
+    body = chat()
+    answers = [post(gw.url, body) for _ in range(2)]
+    assert all("x-cache" not in r.headers for r in answers)
+    assert engine_requests(sim) == 2
+    assert "inferstack_cache_requests_total" not in httpx.get(gw.url + "/metrics").text

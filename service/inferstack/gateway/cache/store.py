@@ -221,6 +221,9 @@ class CacheStore:
 
     async def close(self) -> None:
         try:
-            await self.backend.close()
+            if self.distributed:
+                await self.backend.client.aclose()
+            else:
+                await self.backend.close()
         except Exception as exc:
             log.debug("closing the cache backend: %s", exc)
