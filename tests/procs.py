@@ -56,7 +56,7 @@ class Processes(_Processes):
             argv += ["--bind", "127.0.0.1", "--dir", str(workdir)]
         argv += [*args]
         proc = self._spawn(argv, {}, "redis", port, f"redis://127.0.0.1:{port}/0")
-        if not wait_until(lambda: redis_ping(port) or proc.popen.poll() is not None, 10):
+        if not wait_until(lambda: redis_up(port) or proc.popen.poll() is not None, 10):
             raise TimeoutError(f"redis-server did not answer on port {port}:\n{proc.log()}")
         if proc.popen.poll() is not None:
             raise RuntimeError(f"redis-server exited:\n{proc.log()}")
@@ -83,6 +83,11 @@ def redis_command(port: int, *args: str, host: str = "127.0.0.1") -> bytes:
 
 def redis_ping(port: int) -> bool:
     return redis_command(port, "PING") == b"+PONG\r\n"
+
+
+def redis_up(port: int) -> bool:
+    """Answering, with or without a password set."""
+    return redis_command(port, "PING").startswith((b"+PONG", b"-NOAUTH"))
 
 
 def metric_samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
