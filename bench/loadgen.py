@@ -10,6 +10,7 @@ import asyncio
 import random
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -49,7 +50,7 @@ def summary(values: list[float]) -> dict[str, float]:
 
 async def run(
     url: str,
-    body: bytes,
+    body: bytes | Callable[[], bytes],
     concurrency: int,
     requests: int,
     headers: dict[str, str] | None = None,
@@ -59,6 +60,7 @@ async def run(
 ) -> Result:
     """Send ``requests`` requests with ``concurrency`` workers in a closed loop.
 
+    ``body`` is the request body, or a function making a fresh one for every request.
     Each worker first sends ``warmup`` requests that are not recorded, so that connections
     are open and the measurement starts in steady state rather than in a connection storm;
     then each waits a random ``stagger_s`` fraction so that requests do not move in lockstep.
@@ -70,6 +72,7 @@ async def run(
     remaining = requests
     warmed = 0
     ready = asyncio.Event()
+    make_body = body if callable(body) else (lambda: body)
 
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
@@ -78,7 +81,7 @@ async def run(
             nonlocal warmed
             try:
                 for _ in range(warmup):
-                    async with session.post(url, data=body, headers=hdrs) as resp:
+                    async with session.post(url, data=make_body(), headers=hdrs) as resp:
                         await resp.read()
             finally:
                 warmed += 1
@@ -91,7 +94,7 @@ async def run(
                 remaining -= 1
                 t0 = time.perf_counter()
                 try:
-                    async with session.post(url, data=body, headers=hdrs) as resp:
+                    async with session.post(url, data=make_body(), headers=hdrs) as resp:
                         if resp.status != 200:
                             await resp.read()
                             result.failed += 1

@@ -8,7 +8,15 @@ from typing import Any
 
 import httpx
 
-from inferstack.localstack import SIM_MODEL, Proc, free_port, wait_http
+from inferstack.localstack import (
+    SIM_MODEL,
+    Proc,
+    free_port,
+    redis_command,
+    redis_ping,
+    redis_up,
+    wait_http,
+)
 from inferstack.localstack import Processes as _Processes
 from inferstack.localstack import processes as _processes
 
@@ -26,6 +34,9 @@ __all__ = [
     "metric_samples",
     "metric_total",
     "processes",
+    "redis_command",
+    "redis_ping",
+    "redis_up",
     "wait_http",
     "wait_until",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from typing import Annotated
 
@@ -81,7 +82,13 @@ def gateway(
         os.environ[f"{ENV_PREFIX}AUTH_ENABLED"] = "false"
     settings = load_gateway_settings()
     if check:
-        typer.echo(settings.model_dump_json(indent=2, exclude={"backend_api_key"}))
+        shown = settings.model_dump(
+            mode="json", exclude={"backend_api_key", "cache_redis_password"}
+        )
+        shown["cache_redis_url"] = re.sub(
+            r"//([^@/]*:)[^@/]*@", r"//\1***@", shown["cache_redis_url"]
+        )
+        typer.echo(json.dumps(shown, indent=2))
         return
     argv = [sys.executable, "-m", "gunicorn", "-c", "python:inferstack.gateway.gunicorn_conf"]
     os.execv(sys.executable, argv)

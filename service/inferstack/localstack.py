@@ -19,7 +19,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -159,9 +159,60 @@ class Processes:
             wait_http(proc.url + "/ready", proc=proc.popen)
         return proc
 
+    def redis(self, *args: str, port: int | None = None, conf: Path | None = None) -> Proc:
+        """Debian's redis-server on loopback, no persistence (``conf``: start from that file,
+        ``args`` still win). ``url`` is its ``redis://`` URL."""
+        port = port or free_port()
+        workdir = Path(tempfile.mkdtemp(prefix="redis-", dir=self.workdir))
+        argv = ["redis-server"]
+        if conf is not None:
+            argv.append(str(conf))
+        else:
+            argv += ["--save", "", "--appendonly", "no", "--port", str(port)]
+            argv += ["--bind", "127.0.0.1", "--dir", str(workdir)]
+        argv += [*args]
+        proc = self._spawn(argv, {}, "redis", port, f"redis://127.0.0.1:{port}/0")
+        if not _wait_for(lambda: redis_up(port) or proc.popen.poll() is not None, 10):
+            raise TimeoutError(f"redis-server did not answer on port {port}:\n{proc.log()}")
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"redis-server exited:\n{proc.log()}")
+        return proc
+
     def stop_all(self) -> None:
         for proc in reversed(self.procs):
             proc.stop()
+
+
+def redis_command(port: int, *args: str, host: str = "127.0.0.1") -> bytes:
+    """One command in RESP to a Redis server; its raw reply (b"" when unreachable)."""
+    request = f"*{len(args)}\r\n".encode()
+    for a in args:
+        data = a.encode()
+        request += b"$%d\r\n%s\r\n" % (len(data), data)
+    try:
+        with socket.create_connection((host, port), timeout=1) as s:
+            s.sendall(request)
+            return s.recv(65536)
+    except OSError:
+        return b""
+
+
+def redis_ping(port: int) -> bool:
+    return redis_command(port, "PING") == b"+PONG\r\n"
+
+
+def redis_up(port: int) -> bool:
+    """Answering, with or without a password set."""
+    return redis_command(port, "PING").startswith((b"+PONG", b"-NOAUTH"))
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
 
 
 def _wait_workers(proc: Proc, workers: int, timeout: float = 30.0) -> None:

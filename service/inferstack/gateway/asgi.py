@@ -131,5 +131,6 @@ class GatewayASGI:
                     "prompt_tokens": ctx.prompt_tokens,
                     "completion_tokens": ctx.completion_tokens,
                     "retries": ctx.retries,
+                    "cache": ctx.cache,
                 },
             )

@@ -40,3 +40,5 @@ class RequestContext:
     completion_tokens: int = 0
     retries: int = 0
     client_gone: bool = False
+    cache: str = ""
+    """``X-Cache`` result (HIT, MISS, BYPASS); empty when the cache is off."""

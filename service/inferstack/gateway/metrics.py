@@ -106,6 +106,28 @@ CLIENT_DISCONNECTS = Counter(
     ["route"],
 )
 
+# Response cache (gateway/cache/).
+CACHE_REQUESTS = Counter(
+    "inferstack_cache_requests",
+    "Generation requests by response-cache result: hit, miss (looked up, answered by an "
+    "engine) or bypass (not deterministic, or Cache-Control: no-cache).",
+    ["result"],
+)
+CACHE_ERRORS = Counter(
+    "inferstack_cache_errors",
+    "Cache operations that failed, timed out or were skipped while the cache was down; "
+    "the request went on without the cache.",
+    ["op"],
+)
+CACHE_STORED_BYTES = Counter(
+    "inferstack_cache_stored_bytes", "Bytes of answers written to the response cache."
+)
+CACHE_SINGLEFLIGHT_JOINS = Counter(
+    "inferstack_cache_singleflight_joins",
+    "Requests that waited for a concurrent identical request's upstream call instead of "
+    "making their own.",
+)
+
 
 class ChildCache:
     """Label children by value tuple, skipping ``labels()``'s validation and lock per call.

@@ -34,6 +34,7 @@ from inferstack.gateway.upstream import (
 log = logging.getLogger("inferstack.gateway")
 
 ProxiedRequest = ChatCompletionRequest | CompletionRequest | EmbeddingRequest
+TrackerFactory = Callable[[RequestContext, bool], EventTracker]
 CLIENT_CLOSED = 499  # nginx's status for "client closed the request"
 
 
@@ -97,9 +98,18 @@ class Proxy:
         raise unknown_model_error(model, self.pool)
 
     async def forward(
-        self, request: Request, ctx: RequestContext, req: ProxiedRequest, path: str, body: bytes
+        self,
+        request: Request,
+        ctx: RequestContext,
+        req: ProxiedRequest,
+        path: str,
+        body: bytes,
+        tracker: TrackerFactory = EventTracker,
     ) -> Response | StreamRelay:
-        """Send ``body`` to a backend and return what the client gets."""
+        """Send ``body`` to a backend and return what the client gets.
+
+        ``tracker`` makes the stream relay's event tracker (the response cache passes one
+        that also records the events)."""
         stream = bool(getattr(req, "stream", False))
         client_wants_usage = True
         if stream:
@@ -118,7 +128,7 @@ class Proxy:
                 try:
                     if stream:
                         result = await self._open_stream(
-                            backend, ctx, path, body, client_wants_usage
+                            backend, ctx, path, body, client_wants_usage, tracker
                         )
                         # A relay owns the backend slot from here and releases it at its end.
                         handed_off = isinstance(result, StreamRelay)
@@ -228,6 +238,7 @@ class Proxy:
         path: str,
         body: bytes,
         client_wants_usage: bool,
+        tracker: TrackerFactory,
     ) -> Response | StreamRelay:
         resp = await self._post(backend, ctx, path, body)
         if resp.status != 200:
@@ -257,7 +268,7 @@ class Proxy:
             if ctx.client_gone:
                 metrics.CLIENT_DISCONNECTS.labels(ctx.route).inc()
 
-        return StreamRelay(resp, first, EventTracker(ctx, client_wants_usage), on_close)
+        return StreamRelay(resp, first, tracker(ctx, client_wants_usage), on_close)
 
 
 def _account_usage(ctx: RequestContext, data: bytes) -> None:

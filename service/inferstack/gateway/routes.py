@@ -60,6 +60,8 @@ async def _proxied(
     check_limits(req, gw.settings)
     gw.proxy.check_model(req.model)
     ctx.model = req.model
+    if gw.cache is not None:
+        return await gw.cache.serve(request, ctx, req, path, body, gw.proxy.forward)
     return await gw.proxy.forward(request, ctx, req, path, body)
 
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from inferstack.gateway.auth import KeyStore
 from inferstack.gateway.backends import BackendPool
+from inferstack.gateway.cache.responses import ResponseCache
 from inferstack.gateway.proxy import Proxy
 from inferstack.gateway.settings import GatewaySettings
 from inferstack.gateway.upstream import Upstream
@@ -25,6 +26,7 @@ class Gateway:
         self.pool = BackendPool(settings)
         self.upstream = Upstream(settings)
         self.proxy = Proxy(settings, self.pool, self.upstream)
+        self.cache = ResponseCache(settings) if settings.cache_backend != "off" else None
         self.gauge_publishers: list[Callable[[], None]] = [self.pool.publish_gauges]
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -42,6 +44,8 @@ class Gateway:
 
     async def start(self) -> None:
         await self.upstream.start()
+        if self.cache is not None:
+            await self.cache.start()
         await self.upstream.probe_all(self.pool)  # serve the first request with a known pool
         healthy = sum(b.healthy for b in self.pool.backends)
         log.info("gateway worker ready: %d/%d backends healthy", healthy, len(self.pool.backends))
@@ -55,4 +59,6 @@ class Gateway:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.cache is not None:
+            await self.cache.stop()
         await self.upstream.close()

@@ -132,6 +132,33 @@ class GatewaySettings(BaseSettings):
     max_tokens_ceiling: Annotated[int, Field(ge=1)] = 32_768
     """Largest ``max_tokens`` / ``max_completion_tokens`` accepted."""
 
+    # --- response cache (gateway/cache/) ---
+    cache_backend: Literal["off", "memory", "redis"] = "off"
+    """``off``; ``memory`` (one process: needs ``workers: 1``); ``redis`` (shared by every
+    worker and gateway host)."""
+    cache_redis_url: Annotated[str, Field(pattern=r"^rediss?://[^\s]*$")] = (
+        "redis://127.0.0.1:6379/0"
+    )
+    """``redis://[[USER]:PASSWORD@]HOST:PORT/DB`` (``rediss://`` for TLS)."""
+    cache_redis_password: str | None = None
+    """Redis password (``requirepass``); wins over one in ``cache_redis_url``."""
+    cache_ttl_s: Annotated[int, Field(ge=1)] = 3600
+    """How long an entry lives."""
+    cache_max_entry_bytes: Annotated[int, Field(ge=1024)] = 1024 * 1024
+    """Largest answer stored (body bytes, or all SSE events of a stream)."""
+    cache_memory_max_bytes: Annotated[int, Field(ge=1024 * 1024)] = 256 * 1024 * 1024
+    """Total size of the memory backend; least recently used entries go first. (Redis's
+    own cap is its ``maxmemory`` with ``allkeys-lru``.)"""
+    cache_namespace: Literal["tenant", "shared"] = "tenant"
+    """``tenant``: entries are per API key id; ``shared``: one entry answers every key."""
+    cache_timeout_ms: Annotated[int, Field(ge=1, le=10_000)] = 50
+    """Limit on each cache operation; past it the request goes on without the cache."""
+    cache_retry_s: Annotated[float, Field(gt=0, le=600)] = 1.0
+    """After a cache failure, requests skip the cache for this long."""
+    cache_lock_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    """Single-flight: how long identical requests wait for the one upstream call (and the
+    TTL of its Redis lock); then they make their own call."""
+
     # --- logs ---
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True
@@ -154,6 +181,11 @@ class GatewaySettings(BaseSettings):
         labels = [b.label for b in self.backends]
         if len(set(labels)) != len(labels):
             raise ValueError("backends: two backends share a name/address")
+        if self.cache_backend == "memory" and self.workers > 1:
+            raise ValueError(
+                f"cache_backend: memory keeps one cache per worker process, and workers is "
+                f"{self.workers}: use cache_backend=redis (shared by all workers), or workers=1"
+            )
         ids = [k.id for k in self.api_keys]
         if len(set(ids)) != len(ids):
             raise ValueError("api_keys: two keys share an id")
