@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import sys
 import time
@@ -77,6 +78,10 @@ def up(shape_name: str, inventory_path: Path | None = None) -> Path:
         api_key_file.write_text(new_key() + "\n")
         api_key_file.chmod(0o600)
     api_key = api_key_file.read_text().strip()
+    redis_password_file = sd / "redis-password"
+    if not redis_password_file.exists():
+        redis_password_file.write_text(secrets.token_urlsafe(24) + "\n")
+        redis_password_file.chmod(0o600)
     (sd / "state.json").write_text(
         json.dumps({"shape": shape_name, "hosts": [h.__dict__ for h in hosts]}, default=list)
     )
@@ -91,7 +96,17 @@ def up(shape_name: str, inventory_path: Path | None = None) -> Path:
         state = m.wait_running()
         _log(f"{m.spec.name} {m.spec.address} {state} ({', '.join(m.spec.groups)})")
     path = inventory_path or repo_inventory()
-    inventory.write(path, inventory.render(shape_name, hosts, key, LAB_KEY_ID, hash_key(api_key)))
+    inventory.write(
+        path,
+        inventory.render(
+            shape_name,
+            hosts,
+            key,
+            LAB_KEY_ID,
+            hash_key(api_key),
+            redis_password_file.read_text().strip(),
+        ),
+    )
     _log(f"{len(machines)} host(s) up in {time.monotonic() - started:.1f} s; inventory {path}")
     return path
 

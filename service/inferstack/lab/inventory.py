@@ -16,7 +16,12 @@ HEADER = (
 
 
 def render(
-    shape: str, hosts: tuple[HostSpec, ...], ssh_key: Path, key_id: str, key_digest: str
+    shape: str,
+    hosts: tuple[HostSpec, ...],
+    ssh_key: Path,
+    key_id: str,
+    key_digest: str,
+    redis_password: str,
 ) -> str:
     children: dict[str, Any] = {
         group: {"hosts": {h.name: None for h in hosts if group in h.groups}} for group in ALL_GROUPS
@@ -34,6 +39,7 @@ def render(
                     "vars": {
                         "gateway_api_keys": [{"id": key_id, "sha256": key_digest}],
                         "health_api_key_file": str(ssh_key.parent / "api-key"),
+                        "redis_password": redis_password,
                     },
                     "children": children,
                 }
