@@ -1,5 +1,5 @@
 """A short, bounded load through a gateway that touches every metric the dashboards and
-rules read: plain and streaming completions, client errors, a concurrent burst (429 when the
+rules read: plain and streaming completions, client errors, a stream the client leaves, a concurrent burst (429 when the
 gateway's admission is small), repeated deterministic requests (response-cache traffic).
 
 Used by the monitoring tests and, against the lab, by ``inferstack monitoring load``. Every
@@ -33,6 +33,24 @@ def _post(url: str, body: object, key: str, timeout: float) -> int:
         return 0  # connection failed or timed out
 
 
+def _abandon(url: str, body: object, key: str, timeout: float) -> int:
+    """Start a stream, read its first bytes and go away (a client disconnect, status 499)."""
+    req = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            r.read(1)
+            return 499
+    except urllib.error.HTTPError as exc:
+        exc.read()
+        return int(exc.code)
+    except OSError:
+        return 0
+
+
 def run_load(
     gateway_url: str,
     api_key: str,
@@ -50,6 +68,7 @@ def run_load(
     stream = {**plain, "stream": True, "stream_options": {"include_usage": True}}
     text_stream = {"model": model, "prompt": "count", "max_tokens": max_tokens, "stream": True}
     cacheable = {**plain, "temperature": 0, "seed": 7}
+    long_stream = {**stream, "max_tokens": 256}
     statuses: collections.Counter[int] = collections.Counter()
     with ThreadPoolExecutor(max_workers=burst) as pool:
         for _ in range(rounds):
@@ -65,6 +84,7 @@ def run_load(
             ]
             for url, body, key in calls:
                 statuses[_post(url, body, key, timeout)] += 1
+            statuses[_abandon(chat, long_stream, api_key, timeout)] += 1
             # A burst of concurrent streams: 429 where admission is smaller than the burst.
             futures = [pool.submit(_post, chat, stream, api_key, timeout) for _ in range(burst)]
             for f in futures:
