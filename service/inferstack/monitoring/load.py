@@ -1,6 +1,7 @@
 """A short, bounded load through a gateway that touches every metric the dashboards and
-rules read: plain and streaming completions, client errors, a stream the client leaves, a concurrent burst (429 when the
-gateway's admission is small), repeated deterministic requests (response-cache traffic).
+rules read: plain and streaming completions, client errors, a stream the client leaves, a
+concurrent burst (429 when the gateway's admission is small), repeated deterministic
+requests (response-cache traffic).
 
 Used by the monitoring tests and, against the lab, by ``inferstack monitoring load``. Every
 loop is bounded; requests go only to the URL given.

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
-
-from prometheus_client.parser import text_string_to_metric_families
 
 # Series Prometheus itself writes for every target and for alert rules.
 PROMETHEUS_SERIES = frozenset(
@@ -22,12 +21,19 @@ PROMETHEUS_SERIES = frozenset(
 )
 
 
+_NAME = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?=[{\s])")
+
+
 def exposition_names(text: str) -> set[str]:
-    """Series names in a Prometheus text exposition, as Prometheus stores them (a histogram
-    ``h`` gives ``h_bucket``, ``h_sum``, ``h_count``; a counter ``c`` gives ``c_total``)."""
-    return {
-        sample.name for family in text_string_to_metric_families(text) for sample in family.samples
-    }
+    """Series names in a Prometheus text exposition exactly as written, which is how
+    Prometheus stores them (a histogram ``h`` gives ``h_bucket``, ``h_sum``, ``h_count``).
+    Not through prometheus-client's parser: it renames counters that lack ``_total``."""
+    names = set()
+    for line in text.splitlines():
+        m = _NAME.match(line)
+        if m:
+            names.add(m.group(1))
+    return names
 
 
 def scrape_names(url: str, timeout: float = 10.0) -> set[str]:
