@@ -15,6 +15,7 @@ from inferstack import __version__
 from inferstack.gateway.auth import hash_key, new_key
 from inferstack.gateway.settings import CONFIG_ENV, ENV_PREFIX, GatewaySettings
 from inferstack.lab.cli import lab_app
+from inferstack.monitoring.cli import monitoring_app
 from inferstack.settings_source import SettingsFileError, describe_validation_error
 from inferstack.sim.cli import sim
 
@@ -30,6 +31,7 @@ keys_app = typer.Typer(
 )
 app.add_typer(keys_app, name="keys")
 app.add_typer(lab_app, name="lab")
+app.add_typer(monitoring_app, name="monitoring")
 app.command("sim")(sim)
 
 

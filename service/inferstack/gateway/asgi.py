@@ -103,9 +103,12 @@ class GatewayASGI:
             REQUEST_ID.reset(token)
 
     def publish_gauges(self) -> None:
-        """This worker's in-flight count per route into the (livesum) gauge."""
+        """This worker's in-flight count per route into the (livesum) gauge. ``/metrics`` is
+        left out: the scrape that makes a worker publish would count itself, and that 1 would
+        stay in the merged value until the worker's next periodic publish."""
         for route, count in self.in_flight.items():
-            metrics.IN_FLIGHT.labels(route).set(count)
+            if route != "/metrics":
+                metrics.IN_FLIGHT.labels(route).set(count)
 
     def _account(self, ctx: RequestContext) -> None:
         duration = time.perf_counter() - ctx.start
