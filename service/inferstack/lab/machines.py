@@ -36,6 +36,9 @@ def nameservers() -> list[str]:
 class Machine:
     def __init__(self, spec: HostSpec, state_dir: Path) -> None:
         self.spec = spec
+        # nspawn names the host side of the link and its runtime files after the machine
+        # name: labs on other bridges get their own names.
+        self.machine_name = spec.name if BRIDGE == "inferstack0" else f"{spec.name}-{BRIDGE[-4:]}"
         self.dir = state_dir / "hosts" / spec.name
         self.root = self.dir / "root"
         self.pidfile = self.dir / "wrapper.pid"
@@ -111,11 +114,16 @@ class Machine:
             return
         nspawn = [
             "systemd-nspawn", "-b", "-D", str(self.root), "--register=no", "--keep-unit",
-            "-M", self.spec.name, "--console=passive", f"--network-bridge={BRIDGE}",
+            "-M", self.machine_name, f"--hostname={self.spec.name}", "--console=passive",
+            f"--network-bridge={BRIDGE}",
             "--resolv-conf=off", "--timezone=off", "--link-journal=no",
         ]  # fmt: skip
-        # exit code 133 = the container asked for a reboot: boot it again.
-        script = 'while :; do "$@"; rc=$?; [ "$rc" -eq 133 ] || exit "$rc"; done'
+        # Exit code 133 = the container asked for a reboot: boot it again (unless nspawn failed
+        # at once, which it also reports as 133 at times).
+        script = (
+            'while :; do t=$(date +%s); "$@"; rc=$?; '
+            '[ "$rc" -eq 133 ] && [ $(($(date +%s) - t)) -ge 5 ] || exit "$rc"; done'
+        )
         with open(self.log, "ab") as log:
             proc = subprocess.Popen(
                 ["sh", "-c", script, "lab-host", *nspawn],

@@ -3,12 +3,13 @@ mirrors. Only lab addresses and loopback ever receive test traffic."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from inferstack.lab.run import ok, run
 from inferstack.lab.shapes import BRIDGE_ADDRESS, PREFIX_LEN, SUBNET_PREFIX
 
-BRIDGE = "inferstack0"
+BRIDGE = os.environ.get("INFERSTACK_LAB_BRIDGE", "inferstack0")
 SUBNET = f"{SUBNET_PREFIX}.0/{PREFIX_LEN}"
 FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 _NAT_RULE = ["POSTROUTING", "-s", SUBNET, "!", "-o", BRIDGE, "-j", "MASQUERADE",

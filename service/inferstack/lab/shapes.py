@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
-SUBNET_PREFIX = "10.77.0"
+# The lab's /24 (first three octets); another value lets a second lab (the tests') run beside
+# an operator's.
+SUBNET_PREFIX = os.environ.get("INFERSTACK_LAB_SUBNET", "10.77.0")
 BRIDGE_ADDRESS = f"{SUBNET_PREFIX}.1"
 PREFIX_LEN = 24
 ALL_GROUPS = ("engine", "gateway", "cache", "edge", "monitoring", "loadgen")

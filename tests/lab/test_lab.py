@@ -1,0 +1,170 @@
+"""Fresh host -> bad inventories refused -> site.yml -> health.yml -> site.yml changes nothing ->
+operators' systemctl -> rolling restart under load -> monitoring returns data."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import re
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.lab.conftest import Lab
+
+MODEL = "Qwen/Qwen3-32B"
+
+
+def _recap(output: str, host: str = "lab1") -> dict[str, int]:
+    m = re.search(rf"^{host}\s*:(.*)$", output, re.M)
+    assert m, output[-3000:]
+    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(1))}
+
+
+def _nothing_installed(lab: Lab) -> None:
+    r = lab.exec("sh", "-c", "ls /etc/systemd/system/inferstack* /opt/inferstack 2>&1; "
+                 "systemctl list-units --no-legend 'inferstack*'")  # fmt: skip
+    assert "inferstack.target" not in r.stdout and "inferstack-" not in r.stdout, r.stdout
+
+
+BAD_INVENTORIES = {
+    "tp-does-not-divide-gpus": (["-e", "inferstack_tensor_parallel_size=3"],
+                                "inferstack_tensor_parallel_size"),
+    "tp-does-not-divide-heads": (["-e", "inferstack_gpu_count=6",
+                                  "-e", "inferstack_tensor_parallel_size=6"],
+                                 "num_attention_heads"),
+    "model-missing": (["-e", "vllm_download_model=false"], "vllm_model_path"),
+    "no-api-keys": (["-e", '{"gateway_api_keys": []}'], "gateway_api_keys"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INVENTORIES))
+def test_bad_inventory_fails_early_naming_the_variable(lab: Lab, case: str) -> None:
+    args, variable = BAD_INVENTORIES[case]
+    r = lab.playbook("site.yml", *args)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out[-2000:]
+    assert variable in out, out[-3000:]
+    _nothing_installed(lab)
+
+
+def test_port_clash_fails_early_naming_the_variable(lab: Lab) -> None:
+    started = lab.exec("systemd-run", "--unit=clash", "python3", "-m", "http.server", "8100")
+    assert started.returncode == 0, started.stderr
+    try:
+        r = lab.playbook("site.yml")
+        out = r.stdout + r.stderr
+        assert r.returncode != 0
+        assert "Port 8100" in out and "inferstack_engine_port_base" in out, out[-3000:]
+    finally:
+        lab.exec("systemctl", "stop", "clash")
+    _nothing_installed(lab)
+
+
+def test_unreachable_host_stops_the_run(lab: Lab, tmp_path: Path) -> None:
+    ghost = tmp_path / "ghost.yml"
+    ghost.write_text(
+        "all:\n  hosts:\n    ghost: {ansible_host: 10.78.0.99}\n"
+        "  children:\n    inferstack:\n      children:\n        engine: {hosts: {ghost: null}}\n"
+    )
+    r = lab.playbook("site.yml", "-i", str(ghost), "-e", "ansible_ssh_timeout=3")
+    assert r.returncode != 0
+    assert "UNREACHABLE" in r.stdout
+    _nothing_installed(lab)
+
+
+def test_site_deploys_and_health_passes(lab: Lab) -> None:
+    r = lab.playbook("site.yml")
+    assert r.returncode == 0, r.stdout[-5000:]
+    health = lab.playbook("health.yml")
+    assert health.returncode == 0, health.stdout[-5000:]
+    m = re.search(r"(\d+)/(\d+) checks passed", health.stdout)
+    assert m and m.group(1) == m.group(2), health.stdout[-3000:]
+
+
+def test_second_site_run_changes_nothing(lab: Lab) -> None:
+    r = lab.playbook("site.yml")
+    assert r.returncode == 0, r.stdout[-3000:]
+    changed = re.findall(r"^changed: \[.*$|^TASK \[(.*)\]", r.stdout, re.M)
+    assert _recap(r.stdout)["changed"] == 0, [c for c in changed if c][-20:]
+
+
+def test_check_mode_on_a_converged_host_changes_nothing(lab: Lab) -> None:
+    r = lab.playbook("site.yml", "--check")
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert _recap(r.stdout)["changed"] == 0
+
+
+def test_units_pass_systemd_analyze_verify(lab: Lab) -> None:
+    r = lab.exec("systemd-analyze", "verify", "inferstack.target", "inferstack-gateway.service",
+                 "inferstack-engine@0.service")  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_operators_stop_and_start_the_target(lab: Lab) -> None:
+    units = ["inferstack-gateway", "inferstack-engine@0", "inferstack-engine@1"]
+    assert lab.exec("systemctl", "stop", "inferstack.target").returncode == 0
+    states = lab.exec("systemctl", "is-active", *units).stdout.split()
+    assert states == ["inactive"] * 3, states
+    assert lab.exec("systemctl", "start", "inferstack.target").returncode == 0
+    deadline = time.monotonic() + 60
+    ready = 0
+    while time.monotonic() < deadline and ready != 200:
+        try:
+            ready = httpx.get(f"http://{lab.address}:8000/ready", timeout=2).status_code
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    assert ready == 200
+
+
+def _load(url: str, key: str, stop: threading.Event) -> tuple[int, list[str]]:
+    ok, failures = 0, []
+    with httpx.Client(timeout=60) as client:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            body = {"model": MODEL, "messages": [{"role": "user", "content": f"n{i}"}],
+                    "max_tokens": 16, "stream": i % 2 == 0}  # fmt: skip
+            try:
+                r = client.post(url, json=body, headers={"Authorization": f"Bearer {key}"})
+                if r.status_code == 200 and (i % 2 or r.text.rstrip().endswith("[DONE]")):
+                    ok += 1
+                else:
+                    failures.append(f"HTTP {r.status_code} {r.text[:120]}")
+            except httpx.HTTPError as exc:
+                failures.append(repr(exc))
+    return ok, failures
+
+
+def test_rolling_restart_under_load_fails_no_request(lab: Lab) -> None:
+    url = lab.edge_url + "/v1/chat/completions"
+    stop = threading.Event()
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(_load, url, lab.api_key, stop) for _ in range(6)]
+        r = lab.playbook("rolling-restart.yml")
+        time.sleep(1)
+        stop.set()
+        results = [f.result() for f in futures]
+    assert r.returncode == 0, r.stdout[-4000:]
+    ok = sum(n for n, _ in results)
+    failures = [f for _, fs in results for f in fs]
+    assert ok > 50
+    assert failures == [], f"{len(failures)} failed of {ok + len(failures)}: {failures[:3]}"
+
+
+def test_every_rule_and_panel_returns_data_from_the_lab_prometheus(lab: Lab) -> None:
+    import subprocess
+
+    from tests.lab.conftest import BIN, ROOT
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(BIN / "inferstack"), "monitoring", *args], cwd=ROOT,
+                              capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+
+    load = cli("load", "--gateway", f"http://{lab.address}:8000", "--api-key", lab.api_key,
+               "--model", MODEL)  # fmt: skip
+    assert load.returncode == 0, load.stdout[-2000:] + load.stderr[-2000:]
+    verify = cli("verify", "--prometheus", f"http://{lab.address}:9090")
+    assert verify.returncode == 0, verify.stdout[-4000:] + verify.stderr[-2000:]
