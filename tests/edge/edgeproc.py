@@ -77,6 +77,7 @@ class EdgeConfig:
             "nginx_tls_selfsigned_dir": str(self.prefix / "tls"),
             # As root nginx would run its workers as nobody, who cannot reach the test's files.
             "nginx_user": "root" if os.geteuid() == 0 else "",
+            "nginx_binary": NGINX,
             "nginx_worker_processes": 2,
             "nginx_listen_address": "127.0.0.1",
             "inferstack_edge_http_port": self.http_port,

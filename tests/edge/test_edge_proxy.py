@@ -86,7 +86,7 @@ def test_stream_through_edge_keeps_ttft_and_token_gaps(colocated: EdgeStack) -> 
     body = _chat(8)
     direct: list[sse.StreamTiming] = []
     edge: list[sse.StreamTiming] = []
-    for _ in range(12):
+    for _ in range(16):
         direct.append(sse.stream(gw_socket, CHAT, body, AUTH))
         edge.append(sse.stream(("127.0.0.1", colocated.edge.http_port), CHAT, body, AUTH))
     for r in direct + edge:

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from tests.edge.edgeproc import EdgeConfig, inventory, nginx_test, recap, run_playbook
+from tests.edge.edgeproc import ROOT, EdgeConfig, inventory, nginx_test, recap, run_playbook
 
 # name: (role variables, co-located with a gateway)
 VARIANTS: dict[str, tuple[dict[str, Any], bool]] = {
@@ -114,7 +115,7 @@ def test_tls_variants(rendered: Rendered) -> None:
     selfsigned = rendered.conf("multi_tls_selfsigned", "inferstack/site.conf")
     edge = rendered.edges["multi_tls_selfsigned"]
     assert f"ssl_certificate {edge.prefix}/tls/inferstack.crt;" in selfsigned
-    assert f"return 308 https://$host:{edge.https_port}$request_uri;" in selfsigned
+    assert f"add_header Location https://$host:{edge.https_port}$request_uri always;" in selfsigned
     assert "Strict-Transport-Security" in selfsigned
     assert "Strict-Transport-Security" not in rendered.conf("multi", "inferstack/site.conf")
 
@@ -126,3 +127,13 @@ def test_preflight_names_the_bad_variable(rendered: Rendered, name: str) -> None
     # Each case fails its own host with its own message (json result format: unwrapped).
     assert BAD[name][1] in rendered.result.stdout, rendered.result.stdout[-3000:]
     assert not (rendered.edges[name].prefix / "conf" / "nginx.conf").exists()
+
+
+def test_every_variable_is_specified_and_documented() -> None:
+    role = ROOT / "roles" / "nginx"
+    defaults = yaml.safe_load((role / "defaults" / "main.yml").read_text())
+    specs = yaml.safe_load((role / "meta" / "argument_specs.yml").read_text())["argument_specs"]
+    doc = (ROOT / "docs" / "edge.md").read_text()
+    for entry in ("main", "render", "drain", "maintenance"):
+        assert set(specs[entry]["options"]) == set(defaults), entry
+    assert [v for v in defaults if f"`{v}`" not in doc] == []

@@ -113,6 +113,7 @@ def test_modern_protocols_only(tls: EdgeStack) -> None:
 def test_http_redirects_to_https_and_https_port_refuses_plain_http(tls: EdgeStack) -> None:
     resp = httpx.post(tls.edge.url + "/v1/chat/completions?x=1", content=b"{}")
     assert resp.status_code == 308  # keeps the method and body
+    assert resp.json()["error"]["code"] == "https_required"  # not nginx's HTML page
     assert (
         resp.headers["location"]
         == f"https://127.0.0.1:{tls.edge.https_port}/v1/chat/completions?x=1"
