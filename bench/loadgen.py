@@ -57,6 +57,7 @@ async def run(
     stream: bool = False,
     warmup: int = 0,
     stagger_s: float = 0.0,
+    unix_socket: str | None = None,
 ) -> Result:
     """Send ``requests`` requests with ``concurrency`` workers in a closed loop.
 
@@ -64,10 +65,15 @@ async def run(
     Each worker first sends ``warmup`` requests that are not recorded, so that connections
     are open and the measurement starts in steady state rather than in a connection storm;
     then each waits a random ``stagger_s`` fraction so that requests do not move in lockstep.
+    With ``unix_socket`` the connections go to that socket (``url`` then names only the path).
     """
     result = Result()
     hdrs = {"Content-Type": "application/json", **(headers or {})}
-    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    connector: aiohttp.BaseConnector = (
+        aiohttp.UnixConnector(unix_socket, limit=0)
+        if unix_socket
+        else aiohttp.TCPConnector(limit=0, force_close=False)
+    )
     timeout = aiohttp.ClientTimeout(total=120)
     remaining = requests
     warmed = 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -33,23 +35,52 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """``http.client`` over a unix socket (a gateway bound to ``unix:PATH``)."""
+
+    def __init__(self, path: str, timeout: float = 5.0) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.socket_path)
+        self.sock = sock
+
+
+def _get_status(url: str, unix_socket: str | None) -> int:
+    if unix_socket is None:
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+    conn = UnixHTTPConnection(unix_socket, timeout=1.0)
+    try:
+        conn.request("GET", urllib.parse.urlsplit(url).path)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
 def wait_http(
-    url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None, status: int = 200
+    url: str,
+    timeout: float = 30.0,
+    proc: subprocess.Popen[bytes] | None = None,
+    status: int = 200,
+    unix_socket: str | None = None,
 ) -> None:
+    """Until GET ``url`` answers ``status`` (over ``unix_socket`` when given)."""
     deadline = time.monotonic() + timeout
     last: object = None
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
         try:
-            with urllib.request.urlopen(url, timeout=1.0) as r:
-                if r.status == status:
-                    return
-                last = r.status
-        except urllib.error.HTTPError as exc:
-            if exc.code == status:
+            last = _get_status(url, unix_socket)
+            if last == status:
                 return
-            last = exc.code
         except OSError as exc:
             last = exc
         time.sleep(0.05)
@@ -63,6 +94,8 @@ class Proc:
     url: str
     port: int
     args: list[str] = field(default_factory=list)
+    unix_socket: str | None = None
+    """Set for a gateway bound to a unix socket (then ``url`` is only a base for paths)."""
 
     @property
     def pid(self) -> int:
@@ -90,8 +123,16 @@ class Processes:
         self.workdir = workdir
         self.procs: list[Proc] = []
 
-    def _spawn(self, argv: list[str], env: dict[str, str], name: str, port: int, url: str) -> Proc:
-        log_path = self.workdir / f"{name}-{port}.log"
+    def _spawn(
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        name: str,
+        port: int,
+        url: str,
+        unix_socket: str | None = None,
+    ) -> Proc:
+        log_path = self.workdir / f"{name}-{port or os.path.basename(unix_socket or '')}.log"
         log_file = log_path.open("wb")
         popen = subprocess.Popen(
             argv,
@@ -100,7 +141,7 @@ class Processes:
             env={**os.environ, **env},
             start_new_session=True,
         )
-        proc = Proc(popen, log_path, url, port, argv)
+        proc = Proc(popen, log_path, url, port, argv, unix_socket)
         self.procs.append(proc)
         return proc
 
@@ -131,12 +172,16 @@ class Processes:
         wait_ready: bool = True,
         keys: dict[str, str] | None = None,
         port: int | None = None,
+        unix_socket: str | None = None,
     ) -> Proc:
-        """Gunicorn + Uvicorn workers; ``keys`` maps key id -> plain key (none: no auth)."""
-        port = port or free_port()
+        """Gunicorn + Uvicorn workers; ``keys`` maps key id -> plain key (none: no auth).
+
+        Bound to ``unix_socket`` when given (``port`` is then 0), else to 127.0.0.1:``port``.
+        """
+        port = 0 if unix_socket else (port or free_port())
         urls = [b.url if isinstance(b, Proc) else b for b in backends]
         settings = {
-            "INFERSTACK_BIND": f"127.0.0.1:{port}",
+            "INFERSTACK_BIND": f"unix:{unix_socket}" if unix_socket else f"127.0.0.1:{port}",
             "INFERSTACK_WORKERS": str(workers),
             "INFERSTACK_BACKENDS": json.dumps(urls),
             "INFERSTACK_API_KEYS": json.dumps(
@@ -152,11 +197,12 @@ class Processes:
             **(env or {}),
         }
         argv = [PY, "-m", "inferstack", "gateway"]
-        proc = self._spawn(argv, settings, "gateway", port, f"http://127.0.0.1:{port}")
-        wait_http(proc.url + "/health", proc=proc.popen)
+        url = "http://localhost" if unix_socket else f"http://127.0.0.1:{port}"
+        proc = self._spawn(argv, settings, "gateway", port, url, unix_socket)
+        wait_http(proc.url + "/health", proc=proc.popen, unix_socket=unix_socket)
         _wait_workers(proc, workers)
         if wait_ready:
-            wait_http(proc.url + "/ready", proc=proc.popen)
+            wait_http(proc.url + "/ready", proc=proc.popen, unix_socket=unix_socket)
         return proc
 
     def redis(self, *args: str, port: int | None = None, conf: Path | None = None) -> Proc:

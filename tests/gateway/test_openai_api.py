@@ -166,6 +166,27 @@ def test_request_id_honoured_or_generated(stack: Stack) -> None:
     assert len(r2.headers["x-request-id"]) == 32
 
 
+def test_key_id_header_names_the_authenticated_key(stack: Stack) -> None:
+    """X-Inferstack-Key-Id (for the edge's log) carries the key's id, never the key."""
+    from tests.procs import OTHER_KEY
+
+    url = stack.gateway.url
+    r = httpx.get(url + "/v1/models", headers={"Authorization": f"Bearer {TEST_KEY}"})
+    assert r.headers["x-inferstack-key-id"] == "alpha"
+    body = {"model": SIM_MODEL, "prompt": "x", "max_tokens": 2, "stream": True}
+    with httpx.stream(
+        "POST", url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {OTHER_KEY}"}
+    ) as s:
+        assert s.headers["x-inferstack-key-id"] == "beta"
+    # Errors after authentication name the key too; no key, no header.
+    bad = httpx.post(
+        url + "/v1/completions", json={"model": 1}, headers={"Authorization": f"Bearer {TEST_KEY}"}
+    )
+    assert bad.status_code == 400 and bad.headers["x-inferstack-key-id"] == "alpha"
+    assert "x-inferstack-key-id" not in httpx.get(url + "/v1/models").headers
+    assert "x-inferstack-key-id" not in httpx.get(url + "/health").headers
+
+
 def test_health_and_ready(stack: Stack) -> None:
     assert httpx.get(stack.gateway.url + "/health").json() == {"status": "ok"}
     ready = httpx.get(stack.gateway.url + "/ready").json()

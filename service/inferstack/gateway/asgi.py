@@ -24,6 +24,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from inferstack.gateway import lameduck, metrics
+from inferstack.gateway.auth import ANONYMOUS
 from inferstack.gateway.context import RequestContext, route_label
 from inferstack.gateway.errors import response_for
 from inferstack.gateway.proxy import CLIENT_CLOSED
@@ -34,6 +35,10 @@ access_log = logging.getLogger("inferstack.access")
 Handler = Callable[[Request], Awaitable[Response]]
 
 _MAX_REQUEST_ID = 128
+
+# The authenticated key's id on every answer, for the edge's access log (nginx logs it and
+# removes it from what the client gets); the key itself is never logged anywhere.
+KEY_ID_HEADER = b"x-inferstack-key-id"
 
 
 def _request_id(scope: Scope) -> str:
@@ -81,9 +86,12 @@ class GatewayASGI:
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 ctx.status = message["status"]
-                message["headers"] = [*message.get("headers", ()), rid_header]
+                headers = [*message.get("headers", ()), rid_header]
+                if ctx.key_id != ANONYMOUS:
+                    headers.append((KEY_ID_HEADER, ctx.key_id.encode("latin-1")))
                 if lameduck.state.active:
-                    message["headers"].append(lameduck.CONNECTION_CLOSE)
+                    headers.append(lameduck.CONNECTION_CLOSE)
+                message["headers"] = headers
             await send(message)
 
         try:
