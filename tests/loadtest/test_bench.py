@@ -4,24 +4,47 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import shlex
 import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.procs import TEST_KEY, Processes
+from tests.procs import TEST_KEY, Proc, Processes, processes
 
 PNG = b"\x89PNG\r\n\x1a\n"
 REPO = Path(__file__).resolve().parents[2]
 
 
+@dataclass
+class Stack:
+    sim: Proc
+    gateway: Proc
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A gateway with the test keys in front of one simulator with fixed timing."""
+    with processes(tmp_path_factory.mktemp("stack")) as ps:
+        sim = ps.sim("--ttft-ms", "20", "--itl-ms", "5")
+        yield Stack(sim, ps.gateway([sim]))
+
+
 def bench(
-    *args: str, out: Path, timeout: float = 120, env: dict[str, str] | None = None
+    args: str,
+    out: Path,
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
+    cli: tuple[str, ...] = ("-m", "inferstack.loadtest"),
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """``python -m inferstack.loadtest ARGS`` (what ``inferstack bench ARGS`` executes)."""
     proc = subprocess.run(
-        [sys.executable, "-m", "inferstack", "bench", *args, "--out", str(out)],
+        [sys.executable, *cli, *shlex.split(args), "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -31,14 +54,14 @@ def bench(
     return proc, doc
 
 
-def test_fixed_concurrency_through_the_gateway(procs: Processes, tmp_path: Path) -> None:
-    sim = procs.sim("--ttft-ms", "30", "--itl-ms", "5")
-    gw = procs.gateway([sim])
+def test_fixed_concurrency_through_the_gateway(stack: Stack, tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc, doc = bench(
-        "run", "--target", gw.url, "--api-key", TEST_KEY, "-c", "4", "--num-prompts", "12",
-        "--input-len", "16", "--output-len", "8", "--ignore-eos", out=out,
-    )  # fmt: skip
+        f"run --target {stack.gateway.url} --api-key {TEST_KEY} -c 4 --num-prompts 12 "
+        "--input-len 16 --output-len 8 --ignore-eos",
+        out=out,
+        cli=("-m", "inferstack", "bench"),
+    )
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout
     assert "============ Serving Benchmark Result ============" in text
@@ -52,7 +75,7 @@ def test_fixed_concurrency_through_the_gateway(procs: Processes, tmp_path: Path)
     assert (m["completed"], m["failed"]) == (12, 0)
     assert m["total_output_tokens"] == 12 * 8  # server usage
     assert m["max_concurrent_requests"] == 4
-    assert 30 <= m["median_ttft_ms"] < 300
+    assert 20 <= m["median_ttft_ms"] < 300
     assert len(level["requests"]) == 12 and all(r["usage"] for r in level["requests"])
     assert level["client"]["processes"] == 1 and not level["client"]["saturated"]
     # files
@@ -76,15 +99,14 @@ CHART_NAMES = (
 )
 
 
-def test_fixed_rate_with_burstiness_and_cap(procs: Processes, tmp_path: Path) -> None:
-    sim = procs.sim("--ttft-ms", "20", "--itl-ms", "5")
-    gw = procs.gateway([sim])
+def test_fixed_rate_with_burstiness_and_cap(stack: Stack, tmp_path: Path) -> None:
     proc, doc = bench(
-        "run", "--target", gw.url, "--endpoint", "completions", "--request-rate", "25",
-        "--burstiness", "0.5", "--max-concurrency", "3", "--num-prompts", "30",
-        "--input-len", "8", "--output-len", "6", "--ignore-eos", "--goodput", "ttft:5000",
-        env={"INFERSTACK_BENCH_API_KEY": TEST_KEY, "PATH": ""}, out=tmp_path / "rate",
-    )  # fmt: skip
+        f"run --target {stack.gateway.url} --endpoint completions --request-rate 25 "
+        "--burstiness 0.5 --max-concurrency 3 --num-prompts 30 --input-len 8 --output-len 6 "
+        "--ignore-eos --goodput ttft:5000 --no-charts",
+        env={**os.environ, "INFERSTACK_BENCH_API_KEY": TEST_KEY},
+        out=tmp_path / "rate",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Request rate configured (RPS):           25.00     " in proc.stdout
     assert "Maximum request concurrency:             3         " in proc.stdout
@@ -102,13 +124,11 @@ def test_fixed_rate_with_burstiness_and_cap(procs: Processes, tmp_path: Path) ->
 def test_sweep_finds_the_engines_capacity(procs: Processes, tmp_path: Path) -> None:
     """An engine with 4 sequence slots: doubling past 4 users adds no throughput."""
     sim = procs.sim("--ttft-ms", "20", "--itl-ms", "10", "--max-num-seqs", "4")
-    gw = procs.gateway([sim])
     proc, doc = bench(
-        "sweep", "--target", gw.url, "--api-key", TEST_KEY, "--max-level", "16",
-        "--rounds", "3", "--min-requests", "6", "--input-len", "8", "--output-len", "10",
-        "--ignore-eos", "--slo-ttft-ms", "5000", "--progress-interval", "0",
+        f"sweep --target {sim.url} --max-level 16 --rounds 3 --min-requests 6 --input-len 8 "
+        "--output-len 10 --ignore-eos --slo-ttft-ms 5000 --progress-interval 0",
         out=tmp_path / "sweep",
-    )  # fmt: skip
+    )
     assert proc.returncode == 0, proc.stderr
     sweep = doc["sweep"]
     assert [lv["users"] for lv in doc["levels"]] == [1, 2, 4, 8]
@@ -124,9 +144,9 @@ def test_sweep_finds_the_engines_capacity(procs: Processes, tmp_path: Path) -> N
 def test_sweep_stops_on_failures(procs: Processes, tmp_path: Path) -> None:
     sim = procs.sim("--ttft-ms", "5", "--itl-ms", "1", "--error-rate", "0.5")
     proc, doc = bench(
-        "sweep", "--target", sim.url, "--min-requests", "20", "--input-len", "8",
-        "--output-len", "4", out=tmp_path / "failing",
-    )  # fmt: skip
+        f"sweep --target {sim.url} --min-requests 20 --input-len 8 --output-len 4 --no-charts",
+        out=tmp_path / "failing",
+    )
     assert proc.returncode == 0, proc.stderr  # some requests succeeded
     assert len(doc["levels"]) == 1
     assert doc["sweep"]["max_stable_concurrency"] == 0 and doc["sweep"]["recommended"] is None
@@ -135,13 +155,12 @@ def test_sweep_stops_on_failures(procs: Processes, tmp_path: Path) -> None:
     assert "No stable level" in proc.stdout
 
 
-def test_local_worker_processes(procs: Processes, tmp_path: Path) -> None:
-    sim = procs.sim("--ttft-ms", "20", "--itl-ms", "5")
+def test_local_worker_processes(stack: Stack, tmp_path: Path) -> None:
     proc, doc = bench(
-        "run", "--target", sim.url, "-c", "6", "--num-prompts", "30", "--processes", "2",
-        "--input-len", "8", "--output-len", "5", "--ignore-eos", "--progress-interval", "0",
+        f"run --target {stack.sim.url} -c 6 --num-prompts 30 --processes 2 --input-len 8 "
+        "--output-len 5 --ignore-eos --progress-interval 0 --no-charts",
         out=tmp_path / "procs",
-    )  # fmt: skip
+    )
     assert proc.returncode == 0, proc.stderr
     (level,) = doc["levels"]
     assert level["metrics"]["completed"] == 30
@@ -152,24 +171,23 @@ def test_local_worker_processes(procs: Processes, tmp_path: Path) -> None:
     assert sorted(r["index"] for r in level["requests"]) == list(range(30))
 
 
-def test_bad_input_is_one_line(tmp_path: Path, procs: Processes) -> None:
-    proc, _ = bench("run", "--target", "127.0.0.1:9", out=tmp_path / "a")
+def test_bad_input_is_one_line(tmp_path: Path, stack: Stack) -> None:
+    proc, _ = bench("run --target 127.0.0.1:9", out=tmp_path / "a")
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("inferstack bench: invalid target: ")
     assert "Traceback" not in proc.stderr
-    proc, _ = bench("run", "--target", "http://127.0.0.1:9", "--dataset", "sharegpt",
-                    out=tmp_path / "b")  # fmt: skip
+    proc, _ = bench("run --target http://127.0.0.1:9 --dataset sharegpt", out=tmp_path / "b")
     assert proc.returncode == 2 and "dataset_path" in proc.stderr
-    sim = procs.sim()
-    gw = procs.gateway([sim])
-    proc, _ = bench("run", "--target", gw.url, "--api-key", "sk-wrong", out=tmp_path / "c")
+    gw = stack.gateway
+    proc, _ = bench(f"run --target {gw.url} --api-key sk-wrong", out=tmp_path / "c")
     assert proc.returncode == 2
     assert "/v1/models answered 401" in proc.stderr and "Traceback" not in proc.stderr
     # with --model the requests themselves fail, and say why
     proc, doc = bench(
-        "run", "--target", gw.url, "--api-key", "sk-wrong", "--model", "sim-model",
-        "--num-prompts", "3", "--input-len", "4", "--output-len", "2", out=tmp_path / "d",
-    )  # fmt: skip
+        f"run --target {gw.url} --api-key sk-wrong --model sim-model --num-prompts 3 "
+        "--input-len 4 --output-len 2 --no-charts",
+        out=tmp_path / "d",
+    )
     assert proc.returncode == 1
     assert doc["levels"][0]["metrics"]["failed"] == 3
     assert "HTTP 401" in proc.stdout
@@ -190,15 +208,14 @@ def test_cli_does_not_import_locust_and_help_works() -> None:
         assert command in helped.stdout
 
 
-def test_plain_locust_with_the_locustfile(procs: Processes, tmp_path: Path) -> None:
-    sim = procs.sim("--ttft-ms", "20", "--itl-ms", "5")
+def test_plain_locust_with_the_locustfile(stack: Stack, tmp_path: Path) -> None:
+    sim = stack.sim
+    args = (
+        f"-f {REPO / 'loadtest' / 'locustfile.py'} --host {sim.url} --headless -u 2 -r 2 -t 2s "
+        f"--input-len 8 --output-len 4 --ignore-eos --csv {tmp_path / 'locust'} --only-summary"
+    )
     proc = subprocess.run(
-        [
-            sys.executable, "-m", "locust", "-f", str(REPO / "loadtest" / "locustfile.py"),
-            "--host", sim.url, "--headless", "-u", "2", "-r", "2", "-t", "2s",
-            "--input-len", "8", "--output-len", "4", "--ignore-eos",
-            "--csv", str(tmp_path / "locust"), "--only-summary",
-        ],  # fmt: skip
+        [sys.executable, "-m", "locust", *shlex.split(args)],
         capture_output=True,
         text=True,
         timeout=60,

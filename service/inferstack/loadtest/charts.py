@@ -82,7 +82,9 @@ def concurrency_vs_throughput(
     if log2 and all(x > 0 for x in xs):
         ax.set_xscale("log", base=2)
     ax2 = ax.twinx()
-    ax2.plot(xs, [p["per_user"] for p in points], second, color="tab:orange", label="tok/s per user")
+    ax2.plot(
+        xs, [p["per_user"] for p in points], second, color="tab:orange", label="tok/s per user"
+    )
     ax2.set_ylabel("tok/s per user")
     ax2.set_ylim(bottom=0)
     ax.set_ylim(bottom=0)

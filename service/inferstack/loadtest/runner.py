@@ -93,6 +93,7 @@ class _QuietSpawnWarning(logging.Filter):
 def generators(opts: BenchOptions) -> Iterator[tuple[Controller, int]]:
     """A controller over this run's Locust runner; yields it with the worker count to await."""
     from locust.env import Environment
+    from locust.exception import RPCError
 
     from inferstack.loadtest.user import StreamUser, install
     from inferstack.localstack import free_port
@@ -123,7 +124,13 @@ def generators(opts: BenchOptions) -> Iterator[tuple[Controller, int]]:
                 )
             )
     elif opts.expect_workers:
-        runner = env.create_master_runner(opts.master_bind_host, opts.master_bind_port)
+        try:
+            runner = env.create_master_runner(opts.master_bind_host, opts.master_bind_port)
+        except RPCError as exc:
+            raise BenchError(
+                f"cannot listen for workers on {opts.master_bind_host}:"
+                f"{opts.master_bind_port}: {exc}"
+            ) from None
         workers = opts.expect_workers
     else:
         runner = env.create_local_runner()

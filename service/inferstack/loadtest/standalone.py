@@ -56,9 +56,7 @@ def configure(environment: Environment, **_kw: Any) -> None:
     base = base_url(host)
     out_len = o.output_len or None
     if o.dataset == "random":
-        samples = random_samples(
-            o.num_prompts, o.input_len, out_len or 128, o.range_ratio, o.seed
-        )
+        samples = random_samples(o.num_prompts, o.input_len, out_len or 128, o.range_ratio, o.seed)
     elif o.dataset == "sharegpt":
         samples = sharegpt_samples(Path(o.dataset_path), o.num_prompts, out_len, o.seed)
     else:
