@@ -156,19 +156,21 @@ def test_sweep_stops_on_failures(procs: Processes, tmp_path: Path) -> None:
 
 
 def test_local_worker_processes(stack: Stack, tmp_path: Path) -> None:
+    """A Locust master with two worker processes, two levels (users restart in between)."""
     proc, doc = bench(
-        f"run --target {stack.sim.url} -c 6 --num-prompts 30 --processes 2 --input-len 8 "
+        f"run --target {stack.sim.url} -c 6 -c 3 --num-prompts 18 --processes 2 --input-len 8 "
         "--output-len 5 --ignore-eos --progress-interval 0 --no-charts",
         out=tmp_path / "procs",
     )
     assert proc.returncode == 0, proc.stderr
-    (level,) = doc["levels"]
-    assert level["metrics"]["completed"] == 30
-    nodes = level["client"]["nodes"]
-    assert len(nodes) == 2 and sum(n["users"] for n in nodes) == 6
-    workers = {r["worker"] for r in level["requests"]}
-    assert len(workers) == 2  # both processes sent requests
-    assert sorted(r["index"] for r in level["requests"]) == list(range(30))
+    assert [lv["users"] for lv in doc["levels"]] == [6, 3]
+    for level in doc["levels"]:
+        assert level["metrics"]["completed"] == 18
+        nodes = level["client"]["nodes"]
+        assert len(nodes) == 2 and sum(n["users"] for n in nodes) == level["users"]
+        assert len({r["worker"] for r in level["requests"]}) == 2  # both processes sent
+        assert sorted(r["index"] for r in level["requests"]) == list(range(18))
+        assert level["metrics"]["max_concurrent_requests"] <= level["users"]
 
 
 def test_bad_input_is_one_line(tmp_path: Path, stack: Stack) -> None:

@@ -263,6 +263,7 @@ def _floats(text: str, name: str) -> list[float]:
 
 
 def _execute(fields: dict[str, Any]) -> None:
+    from inferstack.loadtest.control import ControlError
     from inferstack.loadtest.runner import BenchError, execute
 
     fields["headers"] = _headers(fields.pop("header"))
@@ -285,7 +286,7 @@ def _execute(fields: dict[str, Any]) -> None:
         raise typer.Exit(2) from None
     try:
         code = execute(opts)
-    except (BenchError, DatasetError) as exc:
+    except (BenchError, DatasetError, ControlError) as exc:
         raise _fail(str(exc)) from None
     raise typer.Exit(code)
 
@@ -414,7 +415,15 @@ def sweep(
         ),
     ] = 32,
     duration: Duration = None,
-    ramp_up: RampUp = 0.0,
+    ramp_up: Annotated[
+        str,
+        typer.Option(
+            "--ramp-up",
+            help="Seconds over which each level's users start, or auto: the previous level's "
+            "median E2E latency (users then do not send in lockstep).",
+            rich_help_panel=G_LOAD,
+        ),
+    ] = "auto",
     dataset: Dataset = "random",
     dataset_path: DatasetPath = None,
     num_prompts: NumPrompts = 1000,
@@ -452,7 +461,8 @@ def sweep(
     fields["mode"] = "sweep"
     fields["sweep_max"] = fields.pop("max_level")
     fields["duration_s"] = fields.pop("duration")
-    fields["ramp_up_s"] = fields.pop("ramp_up")
+    ramp = fields.pop("ramp_up")
+    fields["ramp_up_s"] = None if ramp == "auto" else _floats(ramp, "ramp-up")[0]
     fields["timeout_s"] = fields.pop("timeout")
     fields["progress_s"] = fields.pop("progress_interval")
     fields["workers_timeout_s"] = fields.pop("workers_timeout")

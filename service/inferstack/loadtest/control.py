@@ -69,9 +69,12 @@ class Controller:
         *,
         progress_s: float = 10.0,
         ready_timeout_s: float = 120.0,
+        stall_s: float = 1260.0,
         out: Any = None,
     ) -> None:
         self.runner = runner
+        self.stall_s = stall_s
+        self.last_activity = time.monotonic()
         self.distributed = isinstance(runner, MasterRunner)
         self.progress_s = progress_s
         self.ready_timeout_s = ready_timeout_s
@@ -93,6 +96,7 @@ class Controller:
     def _on_rows(self, environment: Any, msg: Any, **_kw: Any) -> None:
         if msg.data["step"] == self.step:
             self.records.extend(RequestRecord.from_row(r) for r in msg.data["rows"])
+            self.last_activity = time.monotonic()
 
     def _on_done(self, environment: Any, msg: Any, **_kw: Any) -> None:
         if msg.data["step"] == self.step:
@@ -181,9 +185,13 @@ class Controller:
 
     def _wait_done(self, plan: LevelPlan, weights: dict[str, int], t0: float) -> None:
         expected = self._expected(plan)
-        last_report = time.monotonic()
+        last_report = self.last_activity = time.monotonic()
         while len(self.done) < len(weights):
             gevent.sleep(POLL_S)
+            if time.monotonic() - self.last_activity > self.stall_s:
+                raise ControlError(
+                    f"no request finished for {self.stall_s:.0f} s; giving up on level {plan.label}"
+                )
             runner = self.runner
             if isinstance(runner, MasterRunner) and runner.worker_count < len(weights):
                 raise ControlError("a load generator worker disconnected during the level")

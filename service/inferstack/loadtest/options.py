@@ -43,7 +43,9 @@ class BenchOptions(BaseModel):
     burstiness: float = Field(default=1.0, gt=0)
     max_concurrency: int | None = Field(default=None, ge=1)
     duration_s: float | None = Field(default=None, gt=0)
-    ramp_up_s: float = Field(default=0.0, ge=0)
+    ramp_up_s: float | None = Field(default=0.0, ge=0)
+    """Closed loop: start users evenly over this many seconds. None (sweeps): over the previous
+    level's median E2E latency, so that users do not send in lockstep."""
     # sweep
     slo_ttft_ms: float | None = Field(default=2000.0, gt=0)
     min_success: float = Field(default=0.95, gt=0, le=1)
@@ -127,9 +129,13 @@ class BenchOptions(BaseModel):
         return self.output_len or 128
 
     def levels_closed(self) -> list[int]:
+        """Closed-loop levels of `run`: --concurrency, else vLLM's spelling of the same
+        (--max-concurrency without a request rate), else one user."""
         if self.concurrency:
             return list(self.concurrency)
-        return [] if self.request_rate else [1]
+        if self.request_rate:
+            return []
+        return [self.max_concurrency or 1]
 
     def public(self) -> dict[str, Any]:
         """The options for the report: the API key left out, headers' values hidden."""

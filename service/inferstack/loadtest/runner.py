@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -39,6 +38,7 @@ from inferstack.loadtest.options import BenchOptions
 from inferstack.loadtest.resultblock import result_block
 from inferstack.loadtest.sweep import LevelOutcome, SweepRules, judge, levels, recommendation
 
+AUTO_RAMP_MAX_S = 120.0
 RATE_POOL_MAX = 1024
 """Users serving an uncapped fixed-rate level (arrivals wait only if all of them are busy)."""
 
@@ -135,7 +135,7 @@ def generators(opts: BenchOptions) -> Iterator[tuple[Controller, int]]:
     else:
         runner = env.create_local_runner()
         install(env, runner, node=f"{socket.gethostname()}:{os.getpid()}")
-    ctl = Controller(runner, progress_s=opts.progress_s)
+    ctl = Controller(runner, progress_s=opts.progress_s, stall_s=2 * opts.timeout_s + 60)
     try:
         yield ctl, workers
     finally:
@@ -197,6 +197,7 @@ def analyze(run: LevelRun, opts: BenchOptions) -> dict[str, Any]:
         "users": plan.users,
         "request_rate": plan.rate if rate_mode else None,
         "burstiness": plan.burstiness if rate_mode else None,
+        "ramp_up_s": None if rate_mode else plan.ramp_s,
         "wall_start": run.wall_start,
         "metrics": m,
         "client": client_check(run, opts),
@@ -271,7 +272,7 @@ def _plans(opts: BenchOptions) -> list[LevelPlan]:
             users=c,
             requests=None if opts.duration_s else opts.num_prompts,
             duration_s=opts.duration_s,
-            ramp_s=opts.ramp_up_s,
+            ramp_s=opts.ramp_up_s or 0.0,
             label=f"c={c}",
         )
         for c in opts.levels_closed()
@@ -291,12 +292,13 @@ def run_sweep(
     previous: LevelOutcome | None = None
     max_stable = 0
     stopped: list[str] = []
+    ramp = opts.ramp_up_s or 0.0
     for c in levels(rules):
         plan = LevelPlan(
             users=c,
             requests=None if opts.duration_s else max(opts.min_requests, opts.rounds * c),
             duration_s=opts.duration_s,
-            ramp_s=opts.ramp_up_s,
+            ramp_s=ramp,
             label=f"c={c}",
         )
         print(f"sweep: concurrency {c} ...", file=sys.stderr, flush=True)
@@ -312,6 +314,8 @@ def run_sweep(
         )
         verdict = judge(outcome, previous, rules)
         level["verdict"] = asdict(verdict)
+        if opts.ramp_up_s is None:  # auto: spread the next level over one request's duration
+            ramp = min(AUTO_RAMP_MAX_S, m["median_e2el_ms"] / 1000)
         results.append(level)
         emit(level_block(level, opts))
         emit(
@@ -409,7 +413,6 @@ def execute(opts: BenchOptions, out: IO[str] | None = None) -> int:
             print(f"waiting for {workers} load generator worker(s) ...", file=sys.stderr)
         ctl.wait_workers(workers, opts.workers_timeout_s)
         ctl.setup(setup)
-        time.sleep(0.2 if workers else 0)  # the setup message travels before the first level
         if opts.mode == "sweep":
             results, sweep = run_sweep(ctl, opts, emit)
         else:
