@@ -103,11 +103,12 @@ def test_fixed_rate_with_burstiness_and_cap(stack: Stack, tmp_path: Path) -> Non
     proc, doc = bench(
         f"run --target {stack.gateway.url} --endpoint completions --request-rate 25 "
         "--burstiness 0.5 --max-concurrency 3 --num-prompts 30 --input-len 8 --output-len 6 "
-        "--ignore-eos --goodput ttft:5000 --no-charts",
+        "--ignore-eos --goodput ttft:5000 --no-charts --progress-interval 0.3",
         env={**os.environ, "INFERSTACK_BENCH_API_KEY": TEST_KEY},
         out=tmp_path / "rate",
     )
     assert proc.returncode == 0, proc.stderr
+    assert "/30 requests, 0 failed" in proc.stderr  # progress lines
     assert "Request rate configured (RPS):           25.00     " in proc.stdout
     assert "Maximum request concurrency:             3         " in proc.stdout
     assert "Request goodput (req/s):" in proc.stdout
@@ -171,6 +172,23 @@ def test_local_worker_processes(stack: Stack, tmp_path: Path) -> None:
         assert len({r["worker"] for r in level["requests"]}) == 2  # both processes sent
         assert sorted(r["index"] for r in level["requests"]) == list(range(18))
         assert level["metrics"]["max_concurrent_requests"] <= level["users"]
+
+
+def test_a_saturated_generator_withholds_latencies(stack: Stack, tmp_path: Path) -> None:
+    """Honesty: with an impossible loop-lag limit every level counts as saturated."""
+    proc, doc = bench(
+        f"sweep --target {stack.sim.url} --min-requests 4 --input-len 4 --output-len 3 "
+        "--lag-limit-ms 0.000001 --no-charts",
+        out=tmp_path / "sat",
+    )
+    assert proc.returncode == 0, proc.stderr
+    (level,) = doc["levels"]
+    assert level["client"]["saturated"] and "event-loop lag" in level["client"]["reasons"][0]
+    assert "withheld: the load generator saturated" in proc.stdout
+    assert "Mean TTFT (ms)" not in proc.stdout and "-- SATURATED" in proc.stdout
+    assert "load generator saturated" in doc["sweep"]["stopped_because"][0]
+    assert level["metrics"]["mean_ttft_ms"] > 0  # kept in the JSON, flagged
+    assert "<td>withheld</td>" in (tmp_path / "sat" / "report.html").read_text()
 
 
 def test_bad_input_is_one_line(tmp_path: Path, stack: Stack) -> None:

@@ -14,6 +14,7 @@ import math
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import urllib.error
@@ -69,11 +70,18 @@ def request_headers(opts: BenchOptions) -> dict[str, str]:
     return headers
 
 
-def first_model(base: str, headers: dict[str, str], timeout: float = 30.0) -> str:
+def first_model(
+    base: str, headers: dict[str, str], timeout: float = 30.0, insecure: bool = False
+) -> str:
     """The first model of GET /v1/models (what ``vllm bench serve`` uses without --model)."""
     req = urllib.request.Request(base + "/v1/models", headers=headers)
+    context = None
+    if insecure:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
             data = json.load(resp)
         return str(data["data"][0]["id"])
     except urllib.error.HTTPError as exc:
@@ -385,7 +393,7 @@ def execute(opts: BenchOptions, out: IO[str] | None = None) -> int:
     samples = build_samples(opts)
     base = base_url(opts.target)
     headers = request_headers(opts)
-    model = opts.model or first_model(base, headers)
+    model = opts.model or first_model(base, headers, insecure=opts.insecure)
     bodies = [
         request_body(
             s,

@@ -89,6 +89,8 @@ class Generator:
         self.preconnect = bool(data.get("preconnect", True))
 
     def _new_step(self, step: int) -> None:
+        previous: list[gevent.Greenlet[Any, Any]] = getattr(self, "_greenlets", [])
+        gevent.killall(previous, block=False)  # a stale feeder or probe of an aborted level
         self.step = step
         self.go = Event()
         self.ready = 0
