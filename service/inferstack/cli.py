@@ -1,4 +1,5 @@
-"""``inferstack`` command line: run the gateway or the engine simulator, manage API keys."""
+"""``inferstack`` command line: run the gateway or the engine simulator, manage API keys,
+run capacity tests."""
 
 from __future__ import annotations
 
@@ -159,6 +160,23 @@ def local(
     raise typer.Exit(
         run_local(engines=engines, profile=profile, port=port, workers=workers, self_test=self_test)
     )
+
+
+@app.command(
+    "bench",
+    add_help_option=False,
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def bench(ctx: typer.Context) -> None:
+    """Capacity tests with Locust: run, sweep, worker, report (`inferstack bench --help`).
+
+    Runs in its own process (`python -m inferstack.loadtest`, gevent-patched), so nothing of
+    Locust or gevent is imported here.
+    """
+    argv = [sys.executable, "-m", "inferstack.loadtest", *ctx.args]
+    os.environ.setdefault("INFERSTACK_BENCH_PROG", "inferstack bench")
+    sys.stdout.flush()
+    os.execv(sys.executable, argv)
 
 
 @app.command("version")
