@@ -1,4 +1,4 @@
-"""The README's main command (`scripts/up` = `inferstack local`) brings up a working stack."""
+"""`inferstack local` (gateway and simulators as plain processes) brings up a working stack."""
 
 from __future__ import annotations
 
