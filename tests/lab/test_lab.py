@@ -163,6 +163,23 @@ def test_every_rule_and_panel_returns_data_from_the_lab_prometheus(lab: Lab) -> 
         return subprocess.run([str(BIN / "inferstack"), "monitoring", *args], cwd=ROOT,
                               capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
 
+    # What operators see when engines fail: a stopped instance gives upstream errors and
+    # retries, no instance left gives 503 rejections. Then the stack comes back.
+    url = f"http://{lab.address}:8000/v1/chat/completions"
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
+    auth = {"Authorization": f"Bearer {lab.api_key}"}
+    assert lab.exec("systemctl", "stop", "inferstack-engine@0").returncode == 0
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:  # spread over both instances
+        list(pool.map(lambda _: httpx.post(url, json=body, headers=auth, timeout=30), range(8)))
+    assert lab.exec("systemctl", "stop", "inferstack-engine@1").returncode == 0
+    statuses = {httpx.post(url, json=body, headers=auth, timeout=30).status_code for _ in range(4)}
+    assert statuses == {503}, statuses
+    assert lab.exec("systemctl", "start", "inferstack.target").returncode == 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if httpx.get(f"http://{lab.address}:8000/ready", timeout=5).status_code == 200:
+            break
+        time.sleep(0.5)
     load = cli("load", "--gateway", f"http://{lab.address}:8000", "--api-key", lab.api_key,
                "--model", MODEL)  # fmt: skip
     assert load.returncode == 0, load.stdout[-2000:] + load.stderr[-2000:]
