@@ -18,8 +18,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-SUBNET = "10.78.0"
-BRIDGE = "inferstack-t0"
+
+
+def _free_network() -> tuple[str, str]:
+    """A subnet and bridge no other lab on this machine uses (several test runs may overlap)."""
+    for n in range(78, 100):
+        bridge = f"inferstack-t{n}"
+        if subprocess.run(["ip", "link", "show", bridge], capture_output=True).returncode != 0:
+            return f"10.{n}.0", bridge
+    raise RuntimeError("no free lab network among 10.78-99.0.0/24")
 
 
 @dataclass
@@ -27,7 +34,7 @@ class Lab:
     dir: Path
     inventory: Path
     env: dict[str, str]
-    address: str = f"{SUBNET}.11"
+    address: str
     host: str = "lab1"
     outputs: list[str] = field(default_factory=list)
 
@@ -77,19 +84,20 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     if reason:
         pytest.skip(reason)
     base = tmp_path_factory.mktemp("lab")
+    subnet, bridge = _free_network()
     inv_dir = base / "inventory"
     inv_dir.mkdir()
     (inv_dir / "group_vars").symlink_to(ROOT / "inventory" / "lab" / "group_vars")
     env = {
         **os.environ,
         "INFERSTACK_LAB_DIR": str(base / "state"),
-        "INFERSTACK_LAB_SUBNET": SUBNET,
-        "INFERSTACK_LAB_BRIDGE": BRIDGE,
+        "INFERSTACK_LAB_SUBNET": subnet,
+        "INFERSTACK_LAB_BRIDGE": bridge,
         "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
         "ANSIBLE_FORCE_COLOR": "0",
         "ANSIBLE_NOCOLOR": "1",
     }
-    lab = Lab(dir=base, inventory=inv_dir / "hosts.yml", env=env)
+    lab = Lab(dir=base, inventory=inv_dir / "hosts.yml", env=env, address=f"{subnet}.11")
     up = lab.lab("up", "--shape", "single")
     assert up.returncode == 0, up.stderr[-3000:]
     try:
@@ -97,5 +105,5 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     finally:
         down = lab.lab("down")
         assert down.returncode == 0, down.stderr[-3000:]
-        leftover = subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True, check=False)
+        leftover = subprocess.run(["ip", "link", "show", bridge], capture_output=True, check=False)
         assert leftover.returncode != 0, "lab down left the bridge behind"

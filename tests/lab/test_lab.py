@@ -66,7 +66,7 @@ def test_port_clash_fails_early_naming_the_variable(lab: Lab) -> None:
 def test_unreachable_host_stops_the_run(lab: Lab, tmp_path: Path) -> None:
     ghost = tmp_path / "ghost.yml"
     ghost.write_text(
-        "all:\n  hosts:\n    ghost: {ansible_host: 10.78.0.99}\n"
+        f"all:\n  hosts:\n    ghost: {{ansible_host: {lab.address.rsplit('.', 1)[0]}.99}}\n"
         "  children:\n    inferstack:\n      children:\n        engine: {hosts: {ghost: null}}\n"
     )
     r = lab.playbook("site.yml", "-i", str(ghost), "-e", "ansible_ssh_timeout=3")
