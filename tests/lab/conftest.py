@@ -24,7 +24,13 @@ def _free_network() -> tuple[str, str]:
     """A subnet and bridge no other lab on this machine uses (several test runs may overlap)."""
     for n in range(78, 100):
         bridge = f"inferstack-t{n}"
-        if subprocess.run(["ip", "link", "show", bridge], capture_output=True).returncode != 0:
+        taken = subprocess.run(["ip", "link", "show", bridge], capture_output=True).returncode == 0
+        routes = subprocess.run(
+            ["ip", "-o", "route", "show", "to", "match", f"10.{n}.0.1"],
+            capture_output=True, text=True, check=False,
+        ).stdout.splitlines()  # fmt: skip
+        # Free: no bridge of that name and no lab (or anything else) routing the subnet.
+        if not taken and all(r.startswith("default") for r in routes):
             return f"10.{n}.0", bridge
     raise RuntimeError("no free lab network among 10.78-99.0.0/24")
 
