@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from inferstack.localstack import SIM_MODEL
-from loadgen import Result, pct, run
+from loadgen import Result, pct, report, run
 
 _seeds = itertools.count(1)
 
@@ -152,11 +152,7 @@ def main() -> None:
             }
             figures = measure(urls, "", SIM_MODEL, *sizes)
         figures["workers"] = args.workers
-    text = json.dumps(figures, indent=2)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+    report(figures, args.json)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from tests.edge import sse  # noqa: E402
 from tests.edge.edgeproc import EDGE_HOST, EdgeConfig, inventory, render, running  # noqa: E402
 
 from inferstack.localstack import SIM_MODEL, processes  # noqa: E402
-from loadgen import Result, pct, run  # noqa: E402
+from loadgen import Result, pct, report, run  # noqa: E402
 
 KEY = "sk-bench-edge-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -213,11 +213,7 @@ def main() -> None:
                     "failed": sum(r.failed for r in rounds),
                 }
             figures["nonstream_c1_one_token"] = c1
-    text = json.dumps(figures, indent=2)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+    report(figures, args.json)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from inferstack.localstack import SIM_MODEL, processes
-from loadgen import Result, pct, run
+from loadgen import Result, pct, report, run
 
 
 def _body(stream: bool, max_tokens: int) -> bytes:
@@ -150,11 +150,7 @@ def main() -> None:
             "client_cpu_gateway": round(gm.client_cpu, 2),
             "failed": dm.failed + gm.failed,
         }
-    text = json.dumps(figures, indent=2)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+    report(figures, args.json)
 
 
 if __name__ == "__main__":

@@ -7,11 +7,14 @@ ITL = gaps between consecutive content events, latency = send -> last byte.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -134,3 +137,12 @@ async def run(
         result.duration_s = time.perf_counter() - start
         result.client_cpu = (time.process_time() - cpu) / result.duration_s
     return result
+
+
+def report(figures: dict[str, Any], path: Path | None) -> None:
+    """Print a benchmark's figures as JSON, and write them to ``path`` when given."""
+    text = json.dumps(figures, indent=2)
+    print(text)
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
