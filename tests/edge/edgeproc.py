@@ -27,6 +27,15 @@ ROOT = Path(__file__).resolve().parents[2]
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 PLAYBOOK = ROOT / "playbooks" / "edge-render.yml"
 EDGE_HOST = "edge1"
+# Limits far above what a load loop sends: for runs that measure proxying, not limiting.
+UNLIMITED_VARS: dict[str, Any] = {
+    "nginx_limit_key_rate": "100000r/s",
+    "nginx_limit_key_burst": 100000,
+    "nginx_limit_ip_rate": "100000r/s",
+    "nginx_limit_ip_burst": 100000,
+    "nginx_limit_conn_per_key": 0,
+    "nginx_limit_routes": [],
+}
 
 
 @dataclass

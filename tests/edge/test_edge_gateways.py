@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,6 +18,7 @@ from tests.edge import sse
 from tests.edge.conftest import EdgeStack
 from tests.edge.edgeproc import (
     EDGE_HOST,
+    UNLIMITED_VARS,
     EdgeConfig,
     access_log,
     inventory,
@@ -158,6 +161,64 @@ def test_drain_moves_new_requests_and_keeps_streams(two_gateways: EdgeStack) -> 
         list(pool.map(lambda _: _chat_ok(stack, 5), range(4)))
     after = _served(stack)
     assert after[0] > before[0], "gw1 got nothing after the undrain"
+
+
+def _keepalive_client(
+    url: str, stop: threading.Event, failures: list[str], done: list[int]
+) -> None:
+    """Back-to-back requests on one keep-alive connection to the edge, as an SDK client."""
+    with httpx.Client(base_url=url, headers=AUTH, timeout=30) as client:
+        while not stop.is_set():
+            try:
+                r = client.post(CHAT, content=_chat(2))
+                if r.status_code != 200:
+                    failures.append(f"HTTP {r.status_code}: {r.text[:200]}")
+                done.append(1)
+            except httpx.HTTPError as exc:
+                failures.append(repr(exc))
+
+
+def test_gateway_restart_behind_the_edge_fails_no_request(tmp_path: Path) -> None:
+    """What rolling-restart.yml does to a gateway behind an edge with another gateway: stop it
+    (SIGTERM: lame duck for inferstack_gateway_lame_duck_s, 5 s, longer than the edge's idle
+    upstream timeout, 4 s), start it again, no nginx reload. 8 keep-alive clients loop through
+    the edge meanwhile: not one request fails, and after nginx_upstream_fail_timeout the
+    restarted gateway gets requests again (what the nginx role's entry point "settle" waits)."""
+    with processes(tmp_path) as ps:
+        sim = ps.sim("--ttft-ms", "2", "--itl-ms", "2", "--max-num-seqs", "256")
+        env = {"INFERSTACK_LAME_DUCK_S": "5"}
+        gws = [ps.gateway([sim], workers=2, env=env) for _ in range(2)]
+        edge = EdgeConfig(
+            tmp_path / "nginx", vars={**UNLIMITED_VARS, "nginx_upstream_fail_timeout": "2s"}
+        )
+        stack = EdgeStack(edge, None, gws, sim, tmp_path)  # type: ignore[arg-type]
+        render(tmp_path / "ansible", _inventory(stack))
+        upstream = (edge.prefix / "conf" / "inferstack" / "upstream.conf").read_text()
+        assert "keepalive_timeout 4s;" in upstream
+        with running(edge):
+            stop, failures, done = threading.Event(), [], []
+            clients = [
+                threading.Thread(target=_keepalive_client, args=(edge.url, stop, failures, done))
+                for _ in range(8)
+            ]
+            for t in clients:
+                t.start()
+            try:
+                time.sleep(1.0)
+                port = gws[0].port
+                gws[0].stop(timeout=30)
+                gws[0] = ps.gateway([sim], workers=2, env=env, port=port)
+                time.sleep(3.0)  # fail_timeout 2 s: the edge tries the new gateway again
+                before = _served(stack)[0]
+                time.sleep(1.0)
+                back = _served(stack)[0] - before
+            finally:
+                stop.set()
+                for t in clients:
+                    t.join(30)
+    assert len(done) > 100
+    assert failures == [], f"{len(failures)} of {len(done)} requests failed: {failures[:3]}"
+    assert back > 0, "the restarted gateway got no requests from the edge"
 
 
 def test_silent_gateway_gets_504_json(two_gateways: EdgeStack) -> None:
