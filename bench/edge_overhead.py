@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.edge import sse  # noqa: E402
-from tests.edge.edgeproc import EDGE_HOST, EdgeConfig, inventory, render, running  # noqa: E402
+from tests.edge.edgeproc import BENCH_VARS, in_front_of  # noqa: E402
 
 from inferstack.localstack import SIM_MODEL, processes  # noqa: E402
 from loadgen import Result, pct, report, run  # noqa: E402
@@ -40,15 +40,6 @@ from loadgen import Result, pct, report, run  # noqa: E402
 KEY = "sk-bench-edge-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 PATH = "/v1/completions"
-# Limits far above what the benchmark sends: it measures proxying, not limiting.
-EDGE_VARS = {
-    "nginx_limit_key_rate": "100000r/s",
-    "nginx_limit_key_burst": 100000,
-    "nginx_limit_ip_rate": "100000r/s",
-    "nginx_limit_ip_burst": 100000,
-    "nginx_limit_conn_per_key": 0,
-    "nginx_limit_routes": [],
-}
 
 
 def _body(stream: bool, max_tokens: int) -> bytes:
@@ -140,14 +131,8 @@ def main() -> None:
             env={"INFERSTACK_ACCESS_LOG": "false"},
             unix_socket=sock,
         )
-        edge = EdgeConfig(tmp / "nginx", vars=EDGE_VARS)
-        gateways = (
-            {EDGE_HOST: {"inferstack_gateway_socket": sock}}
-            if sock
-            else {"gw1": {"inferstack_gateway_port": gw.port}}
-        )
-        render(tmp / "ansible", inventory({EDGE_HOST: edge}, gateways))
-        with running(edge):
+        with in_front_of(tmp, gw, BENCH_VARS) as nginx:
+            edge = nginx.edge
             direct: sse.Address = sock or ("127.0.0.1", gw.port)
             via_edge: sse.Address = ("127.0.0.1", edge.http_port)
             figures["single_streams"] = _single_streams(direct, via_edge, args.pairs, args.tokens)
