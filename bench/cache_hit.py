@@ -27,7 +27,8 @@ Cases, all to ``/v1/completions``, 16 tokens:
 
 non-streaming at concurrency 1 and 64, and streams (32 tokens) at concurrency 64. Cases
 alternate for several rounds and the median round (by throughput) is reported: read the
-ratios, the machine is shared and noisy.
+ratios, the machine is shared and noisy. Each case's ``X-Cache`` answer is recorded too
+(``x_cache``). Figures and how to read them: docs/benchmarks.md.
 """
 
 from __future__ import annotations
