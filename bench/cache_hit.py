@@ -1,23 +1,34 @@
 """Response-cache hits against misses (and the cache's cost when it is not used), one run.
 
-    .venv/bin/python bench/cache_hit.py [--json FILE]
+    .venv/bin/python bench/cache_hit.py [--json FILE]          # gateway-direct
+    .venv/bin/python bench/cache_hit.py --edge [--json FILE]   # through the nginx edge
     .venv/bin/python bench/cache_hit.py --base-url https://edge.example --key sk-... --model M
 
 Without ``--base-url`` the script starts its own stack on loopback: Redis (no persistence),
-the ``instant`` engine simulator, and two gateways in front of it (2 workers each, access
-log off): one caching in Redis, one with ``cache_backend: off``. With ``--base-url`` it sends
-the same requests to that URL instead (a gateway with ``cache_backend: redis``, or the nginx
-edge in front of one), and the ``off`` case is left out.
+the ``instant`` engine simulator, and a gateway caching in Redis in front of it (2 workers,
+access log off, no API keys).
+
+- Default (gateway-direct): the client calls the caching gateway on loopback TCP; a second
+  gateway with ``cache_backend: off`` serves the ``off`` case.
+- ``--edge``: the caching gateway listens on a unix socket and Debian's nginx, rendered from
+  the nginx role as ``tests/edge/`` and ``bench/edge_overhead.py`` do it (limits far above
+  the load), runs in front of it; every case goes client -> nginx -> gateway -> simulator.
+  There is no ``off`` case (only the caching gateway is behind the edge).
+
+With ``--base-url`` it sends the same requests to that URL instead (a gateway with
+``cache_backend: redis``, or the nginx edge in front of one), and the ``off`` case is left out.
 
 Cases, all to ``/v1/completions``, 16 tokens:
 
 - ``hit``: one deterministic body (``temperature: 0``), stored before measuring;
 - ``miss``: deterministic bodies with a fresh ``seed`` each: looked up, fetched, stored;
 - ``bypass``: ``temperature: 1`` without seed, so not cacheable (the cache's cost when unused);
-- ``off``: the same bypass body on the gateway without cache (only with the local stack);
+- ``off``: the same bypass body on the gateway without cache (only gateway-direct);
 
 non-streaming at concurrency 1 and 64, and streams (32 tokens) at concurrency 64. Cases
-alternate for several rounds and the median round is reported: read the ratios.
+alternate for several rounds and the median round (by throughput) is reported: read the
+ratios, the machine is shared and noisy. Each case's ``X-Cache`` answer is recorded too
+(``x_cache``). Figures and how to read them: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -26,12 +37,21 @@ import argparse
 import asyncio
 import itertools
 import json
+import sys
 import tempfile
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from inferstack.localstack import SIM_MODEL
-from loadgen import Result, pct, report, run
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.edge.edgeproc import UNLIMITED_VARS, in_front_of  # noqa: E402
+
+from inferstack.localstack import SIM_MODEL, processes  # noqa: E402
+from loadgen import Result, pct, report, run  # noqa: E402
+
+PATH = "/v1/completions"
 
 _seeds = itertools.count(1)
 
@@ -55,6 +75,20 @@ def _body(model: str, stream: bool, tokens: int, kind: str) -> Callable[[], byte
 
 def _ms(values: list[float], q: float) -> float:
     return round(pct(values, q) * 1e3, 3)
+
+
+def _one_gateway(url: str) -> dict[str, str]:
+    """The cases that need only a caching gateway, all sent to ``url``."""
+    return {"hit": url, "miss": url, "bypass": url}
+
+
+def _x_cache(url: str, body: bytes, headers: dict[str, str]) -> str:
+    """The ``X-Cache`` header of one answer (empty without one): checks that each case is
+    what it is named, through whatever sits in front of the gateway."""
+    hdrs = {"Content-Type": "application/json", **headers}
+    with urllib.request.urlopen(urllib.request.Request(url, body, hdrs), timeout=30) as resp:
+        resp.read()
+        return str(resp.headers.get("X-Cache", ""))
 
 
 def measure(
@@ -83,7 +117,12 @@ def measure(
                 results[kind].append(
                     asyncio.run(run(url, body, conc, n, headers, stream=stream, warmup=1))
                 )
-        row: dict[str, object] = {}
+        row: dict[str, object] = {
+            "x_cache": {
+                kind: _x_cache(url, _body(model, stream, tokens, kind)(), headers)
+                for kind, url in urls.items()
+            }
+        }
         for kind, rs in results.items():
             median = sorted(rs, key=lambda r: r.throughput)[len(rs) // 2]
             row[kind] = {
@@ -109,7 +148,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--base-url", help="measure this gateway or edge instead of a local stack")
+    where = ap.add_mutually_exclusive_group()
+    where.add_argument("--base-url", help="measure this gateway or edge instead of a local stack")
+    where.add_argument("--edge", action="store_true", help="local stack, through nginx in front")
     ap.add_argument("--key", default="", help="API key for --base-url")
     ap.add_argument("--model", default=SIM_MODEL, help="model name for --base-url")
     ap.add_argument("--workers", type=int, default=2, help="local gateway workers (default 2)")
@@ -119,17 +160,15 @@ def main() -> None:
     ap.add_argument("--streams", type=int, default=1000)
     ap.add_argument("--json", type=Path, help="write the figures here as JSON")
     args = ap.parse_args()
-    path = "/v1/completions"
     sizes = (args.rounds, args.requests_c1, args.requests_c64, args.streams)
 
     if args.base_url:
-        url = args.base_url.rstrip("/") + path
-        figures = measure({"hit": url, "miss": url, "bypass": url}, args.key, args.model, *sizes)
+        url = args.base_url.rstrip("/") + PATH
+        figures = measure(_one_gateway(url), args.key, args.model, *sizes)
         figures["base_url"] = args.base_url
     else:
-        from inferstack.localstack import processes
-
-        with tempfile.TemporaryDirectory() as tmp, processes(Path(tmp)) as ps:
+        with tempfile.TemporaryDirectory() as tmp_name, processes(Path(tmp_name)) as ps:
+            tmp = Path(tmp_name)
             redis = ps.redis()
             sim = ps.sim("--profile", "instant")
             quiet = {"INFERSTACK_ACCESS_LOG": "false"}
@@ -142,15 +181,18 @@ def main() -> None:
                     "INFERSTACK_CACHE_BACKEND": "redis",
                     "INFERSTACK_CACHE_REDIS_URL": redis.url,
                 },
+                unix_socket=str(tmp / "gw.sock") if args.edge else None,
             )
-            plain = ps.gateway([sim], workers=args.workers, keys={}, env=quiet)
-            urls = {
-                "hit": cached.url + path,
-                "miss": cached.url + path,
-                "bypass": cached.url + path,
-                "off": plain.url + path,
-            }
-            figures = measure(urls, "", SIM_MODEL, *sizes)
+            if args.edge:
+                with in_front_of(tmp, cached, UNLIMITED_VARS) as nginx:
+                    urls = _one_gateway(nginx.edge.url + PATH)
+                    figures = measure(urls, "", SIM_MODEL, *sizes)
+                figures["path"] = "client -> nginx -> gateway (unix socket) -> simulator"
+            else:
+                plain = ps.gateway([sim], workers=args.workers, keys={}, env=quiet)
+                urls = {**_one_gateway(cached.url + PATH), "off": plain.url + PATH}
+                figures = measure(urls, "", SIM_MODEL, *sizes)
+                figures["path"] = "client -> gateway (loopback TCP) -> simulator"
         figures["workers"] = args.workers
     report(figures, args.json)
 

@@ -32,14 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.edge import sse  # noqa: E402
-from tests.edge.edgeproc import (  # noqa: E402
-    EDGE_HOST,
-    UNLIMITED_VARS,
-    EdgeConfig,
-    inventory,
-    render,
-    running,
-)
+from tests.edge.edgeproc import UNLIMITED_VARS, in_front_of  # noqa: E402
 
 from inferstack.localstack import SIM_MODEL, processes  # noqa: E402
 from loadgen import Result, pct, report, run  # noqa: E402
@@ -138,14 +131,8 @@ def main() -> None:
             env={"INFERSTACK_ACCESS_LOG": "false"},
             unix_socket=sock,
         )
-        edge = EdgeConfig(tmp / "nginx", vars=UNLIMITED_VARS)
-        gateways = (
-            {EDGE_HOST: {"inferstack_gateway_socket": sock}}
-            if sock
-            else {"gw1": {"inferstack_gateway_port": gw.port}}
-        )
-        render(tmp / "ansible", inventory({EDGE_HOST: edge}, gateways))
-        with running(edge):
+        with in_front_of(tmp, gw, UNLIMITED_VARS) as nginx:
+            edge = nginx.edge
             direct: sse.Address = sock or ("127.0.0.1", gw.port)
             via_edge: sse.Address = ("127.0.0.1", edge.http_port)
             figures["single_streams"] = _single_streams(direct, via_edge, args.pairs, args.tokens)

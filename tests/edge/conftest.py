@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.edge.edgeproc import EDGE_HOST, EdgeConfig, Nginx, inventory, render, running
+from tests.edge.edgeproc import EdgeConfig, Nginx, in_front_of
 from tests.procs import Proc, processes
 
 # Limits of the co-located edge: generous for /v1/ (tests send many requests), tight for the
@@ -43,8 +43,5 @@ def colocated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EdgeStack]:
         sim = ps.sim("--ttft-ms", "100", "--itl-ms", "20", "--max-num-seqs", "256")
         sock = str(tmp / "gw.sock")
         gw = ps.gateway([sim], workers=2, unix_socket=sock)
-        edge = EdgeConfig(tmp / "nginx", vars=COLOCATED_VARS)
-        inv = inventory({EDGE_HOST: edge}, {EDGE_HOST: {"inferstack_gateway_socket": sock}})
-        render(tmp / "ansible", inv)
-        with running(edge) as nginx:
-            yield EdgeStack(edge, nginx, [gw], sim, tmp)
+        with in_front_of(tmp, gw, COLOCATED_VARS) as nginx:
+            yield EdgeStack(nginx.edge, nginx, [gw], sim, tmp)

@@ -1,6 +1,7 @@
-"""The edge as the tests (and bench/edge_overhead.py) run it: the nginx role renders its
-templates into a private prefix through ``playbooks/edge-render.yml``, then Debian's nginx
-runs from there on loopback ports, started and ended by PID.
+"""The edge as the tests and the benchmarks (bench/edge_overhead.py, bench/cache_hit.py) run
+it: the nginx role renders its templates into a private prefix through
+``playbooks/edge-render.yml``, then Debian's nginx runs from there on loopback ports, started
+and ended by PID.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from inferstack.localstack import free_port
+from inferstack.localstack import Proc, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -237,6 +238,24 @@ def running(edge: EdgeConfig) -> Iterator[Nginx]:
         yield nginx
     finally:
         nginx.stop()
+
+
+@contextlib.contextmanager
+def in_front_of(
+    workdir: Path, gateway: Proc, vars: dict[str, Any] | None = None
+) -> Iterator[Nginx]:
+    """The edge rendered into ``workdir`` and running in front of one local gateway: over
+    the gateway's unix socket when it has one (edge and gateway on one host), else over its
+    loopback port (as behind a remote edge)."""
+    edge = EdgeConfig(workdir / "nginx", vars=vars or {})
+    gateways = (
+        {EDGE_HOST: {"inferstack_gateway_socket": gateway.unix_socket}}
+        if gateway.unix_socket
+        else {"gw1": {"inferstack_gateway_port": gateway.port}}
+    )
+    render(workdir / "ansible", inventory({EDGE_HOST: edge}, gateways))
+    with running(edge) as nginx:
+        yield nginx
 
 
 def _accepts(port: int) -> bool:
