@@ -211,6 +211,20 @@ def test_bad_input_is_one_line(tmp_path: Path, stack: Stack) -> None:
     assert proc.returncode == 1
     assert doc["levels"][0]["metrics"]["failed"] == 3
     assert "HTTP 401" in proc.stdout
+    # the key from a file (INFERSTACK_BENCH_API_KEY_FILE): unreadable is one line, readable works
+    env = {**os.environ, "INFERSTACK_BENCH_API_KEY_FILE": str(tmp_path / "missing")}
+    proc, _ = bench(f"run --target {gw.url}", out=tmp_path / "e", env=env)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "INFERSTACK_BENCH_API_KEY_FILE" in proc.stderr and "cannot read" in proc.stderr
+    (tmp_path / "key").write_text(TEST_KEY + "\n")
+    env["INFERSTACK_BENCH_API_KEY_FILE"] = str(tmp_path / "key")
+    proc, doc = bench(
+        f"run --target {gw.url} --num-prompts 2 --input-len 4 --output-len 2 --no-charts",
+        out=tmp_path / "f",
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert doc["levels"][0]["metrics"]["completed"] == 2
 
 
 def test_cli_does_not_import_locust_and_help_works() -> None:

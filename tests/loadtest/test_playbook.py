@@ -1,5 +1,6 @@
 """playbooks/loadtest.yml on this machine: two loadgen "hosts" (local connections), a Locust
-master and a worker, against a simulator; the results come back to the fetch directory."""
+master and a worker, against a gateway (with API keys) and a simulator; the results come back
+to the fetch directory."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.procs import Processes, free_port
+from tests.procs import TEST_KEY, Processes, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -20,6 +21,7 @@ PLAYBOOK = "playbooks/loadtest.yml"
 
 def test_loadtest_playbook_master_worker_and_fetch(procs: Processes, tmp_path: Path) -> None:
     sim = procs.sim("--ttft-ms", "20", "--itl-ms", "5")
+    gateway = procs.gateway([sim], workers=1)  # with API keys: a run without the key fails
     host = {
         "ansible_connection": "local",
         "ansible_host": "127.0.0.1",  # inferstack_address (playbook group_vars) follows it
@@ -33,7 +35,8 @@ def test_loadtest_playbook_master_worker_and_fetch(procs: Processes, tmp_path: P
                 "loadgen_user": "",
                 "loadgen_results_dir": str(tmp_path / "results"),
                 "loadgen_fetch_dir": str(tmp_path / "fetched"),
-                "loadgen_target": sim.url,
+                "loadgen_target": gateway.url,
+                "loadgen_api_key": TEST_KEY,
                 "loadgen_mode": "run",
                 "loadgen_bench_args": shlex.split(
                     "-c 3 --num-prompts 9 --input-len 8 --output-len 4 --ignore-eos"
@@ -71,6 +74,8 @@ def test_loadtest_playbook_master_worker_and_fetch(procs: Processes, tmp_path: P
     assert (fetched / "report.html").exists() and (fetched / "requests.csv").exists()
     assert (fetched / "charts" / "latency_over_time.png").exists()
     assert "Serving Benchmark Result" in proc.stdout
+    assert TEST_KEY not in proc.stdout + proc.stderr
+    assert not (tmp_path / "results" / ".api-key").exists(), "the run left its key file"
 
 
 def test_loadtest_playbook_syntax() -> None:

@@ -16,7 +16,7 @@ import typer
 from pydantic import ValidationError
 
 from inferstack.loadtest.datasets import DatasetError
-from inferstack.loadtest.options import API_KEY_ENV, BenchOptions
+from inferstack.loadtest.options import API_KEY_ENV, API_KEY_FILE_ENV, BenchOptions
 
 app = typer.Typer(
     help="Capacity tests with Locust: vllm-bench-serve metrics, sweeps, reports, distributed "
@@ -46,7 +46,8 @@ ApiKey = Annotated[
     str | None,
     typer.Option(
         envvar=API_KEY_ENV,
-        help=f"Bearer API key (prefer the {API_KEY_ENV} environment variable).",
+        help=f"Bearer API key (prefer the {API_KEY_ENV} environment variable, or "
+        f"{API_KEY_FILE_ENV} naming a file that holds it).",
         show_default=False,
         rich_help_panel=G_TARGET,
     ),
@@ -262,10 +263,24 @@ def _floats(text: str, name: str) -> list[float]:
         raise _fail(f"--{name}: expected comma-separated numbers, got {text!r}") from None
 
 
+def _key_from_file() -> str | None:
+    path = os.environ.get(API_KEY_FILE_ENV)
+    if not path:
+        return None
+    try:
+        key = Path(path).read_text().strip()
+    except OSError as exc:
+        raise _fail(f"{API_KEY_FILE_ENV}={path}: cannot read the API key: {exc.strerror}") from None
+    if not key:
+        raise _fail(f"{API_KEY_FILE_ENV}={path}: the file is empty")
+    return key
+
+
 def _execute(fields: dict[str, Any]) -> None:
     from inferstack.loadtest.control import ControlError
     from inferstack.loadtest.runner import BenchError, execute
 
+    fields["api_key"] = fields["api_key"] or _key_from_file()
     fields["headers"] = _headers(fields.pop("header"))
     fields["extra_body"] = _extra(fields.pop("extra_body"))
     fields["percentiles"] = _floats(fields["percentiles"], "percentiles")

@@ -14,6 +14,9 @@ Mode = Literal["run", "sweep"]
 DatasetName = Literal["random", "sharegpt", "prompts"]
 
 API_KEY_ENV = "INFERSTACK_BENCH_API_KEY"
+# A file holding the key instead: nothing secret on a command line or in an environment that
+# sudo logs (what playbooks/loadtest.yml uses).
+API_KEY_FILE_ENV = "INFERSTACK_BENCH_API_KEY_FILE"
 
 
 class BenchOptions(BaseModel):
