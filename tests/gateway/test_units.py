@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import subprocess
 import sys
 
@@ -122,6 +123,20 @@ async def test_least_outstanding_routing() -> None:
     assert len({a.label, b.label, c.label}) == 3
     pool.release(b)
     assert (await pool.acquire("m", "r")) is b
+
+
+async def test_ties_are_broken_at_random() -> None:
+    """Idle engines are equally least loaded: successive single requests (acquire, release)
+    land on all of them, not always on the first (what several gateways, each blind to the
+    others' requests, would otherwise all pick at once)."""
+    pool = _pool()
+    seen: collections.Counter[str] = collections.Counter()
+    for _ in range(300):
+        b = await pool.acquire("m", "r")
+        seen[b.label] += 1
+        pool.release(b)
+    assert len(seen) == 3
+    assert min(seen.values()) > 50, seen
 
 
 async def test_affinity_is_stable_and_spreads() -> None:

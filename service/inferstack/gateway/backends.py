@@ -1,6 +1,7 @@
 """The backend pool: health, least-outstanding routing, session affinity, admission control.
 
-Each worker process holds its own pool (like each nginx worker holds its own upstream state).
+Each worker process holds its own pool (like each nginx worker holds its own upstream state);
+the workers of one gateway share their in-flight counts, other gateways' requests are unseen.
 A backend takes traffic while healthy; it is ejected by an active probe failing, by a
 connection error, or by ``eject_after_failures`` consecutive 5xx answers, and re-admitted by
 the first passing probe after ``eject_s``.
@@ -18,6 +19,7 @@ import collections
 import contextlib
 import hashlib
 import logging
+import random
 import time
 from collections.abc import Iterable
 
@@ -161,7 +163,12 @@ class BackendPool:
             home = max(candidates, key=lambda b: _rendezvous_score(affinity, b))
             if any(b is home for _, b in free):
                 return home
-        return min(free, key=lambda nb: nb[0])[1]
+        least = min(n for n, _ in free)
+        ties = [b for n, b in free if n == least]
+        # Ties are broken at random: other gateways (and their workers) see the same counts
+        # only for their own requests; a fixed order would send all of them to the first idle
+        # engine at once, and two prefills landing together double the time to first token.
+        return ties[0] if len(ties) == 1 else random.choice(ties)
 
     async def acquire(
         self, model: str, route: str, affinity: str | None = None, exclude: Iterable[Backend] = ()
