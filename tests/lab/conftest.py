@@ -7,17 +7,22 @@ lab. Needs root and systemd-nspawn (CI has both); skipped otherwise.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+MODEL = "Qwen/Qwen3-32B"
 
 
 def _free_network() -> tuple[str, str]:
@@ -62,9 +67,13 @@ class Lab:
         self.outputs.append(r.stdout + r.stderr)
         return r
 
-    def exec(self, *cmd: str) -> subprocess.CompletedProcess[str]:
+    def host_address(self, host: str) -> str:
+        inv = yaml.safe_load(self.inventory.read_text())
+        return str(inv["all"]["hosts"][host]["ansible_host"])
+
+    def exec(self, *cmd: str, host: str | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(BIN / "inferstack"), "lab", "exec", self.host, "--", *cmd],
+            [str(BIN / "inferstack"), "lab", "exec", host or self.host, "--", *cmd],
             env=self.env, capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
 
@@ -73,6 +82,34 @@ class Lab:
             [str(BIN / "inferstack"), "lab", *args, "--inventory", str(self.inventory)],
             env=self.env, capture_output=True, text=True, timeout=600, check=False,
         )  # fmt: skip
+
+
+def recap(output: str, host: str = "lab1") -> dict[str, int]:
+    """The PLAY RECAP counters of ``host``."""
+    m = re.search(rf"^{host}\s*:(.*)$", output, re.M)
+    assert m, output[-3000:]
+    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(1))}
+
+
+def load(url: str, key: str, stop: threading.Event) -> tuple[int, list[str]]:
+    """Chat requests back to back on one keep-alive connection until ``stop``, streamed and
+    not in turn: (answered in full, failures)."""
+    ok, failures = 0, []
+    with httpx.Client(timeout=60) as client:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            body = {"model": MODEL, "messages": [{"role": "user", "content": f"n{i}"}],
+                    "max_tokens": 16, "stream": i % 2 == 0}  # fmt: skip
+            try:
+                r = client.post(url, json=body, headers={"Authorization": f"Bearer {key}"})
+                if r.status_code == 200 and (i % 2 or r.text.rstrip().endswith("[DONE]")):
+                    ok += 1
+                else:
+                    failures.append(f"HTTP {r.status_code} {r.text[:120]}")
+            except httpx.HTTPError as exc:
+                failures.append(repr(exc))
+    return ok, failures
 
 
 def _can_run() -> str | None:
@@ -84,12 +121,12 @@ def _can_run() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+def _lab(tmp_path_factory: pytest.TempPathFactory, shape: str, edge_host: str) -> Iterator[Lab]:
+    """A fresh lab of ``shape`` on a free network; ``Lab.host``/``address``: its edge host."""
     reason = _can_run()
     if reason:
         pytest.skip(reason)
-    base = tmp_path_factory.mktemp("lab")
+    base = tmp_path_factory.mktemp(f"lab-{shape}")
     subnet, bridge = _free_network()
     inv_dir = base / "inventory"
     inv_dir.mkdir()
@@ -103,13 +140,28 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         "ANSIBLE_FORCE_COLOR": "0",
         "ANSIBLE_NOCOLOR": "1",
     }
-    lab = Lab(dir=base, inventory=inv_dir / "hosts.yml", env=env, address=f"{subnet}.11")
-    up = lab.lab("up", "--shape", "single")
+    inventory = inv_dir / "hosts.yml"
+    lab = Lab(dir=base, inventory=inventory, env=env, address="", host=edge_host)
+    up = lab.lab("up", "--shape", shape)
     assert up.returncode == 0, up.stderr[-3000:]
     try:
+        lab.address = lab.host_address(edge_host)
         yield lab
     finally:
         down = lab.lab("down")
         assert down.returncode == 0, down.stderr[-3000:]
         leftover = subprocess.run(["ip", "link", "show", bridge], capture_output=True, check=False)
         assert leftover.returncode != 0, "lab down left the bridge behind"
+
+
+# Module scope: one lab at a time on the 2-core CI machine.
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """The single-host lab (everything on lab1)."""
+    yield from _lab(tmp_path_factory, "single", "lab1")
+
+
+@pytest.fixture(scope="module")
+def multi_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """The multi-host lab: edge1, gw1, gw2, engine1, engine2, mon1 (monitoring, cache, loadgen)."""
+    yield from _lab(tmp_path_factory, "multi", "edge1")

@@ -12,15 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.lab.conftest import Lab
-
-MODEL = "Qwen/Qwen3-32B"
-
-
-def _recap(output: str, host: str = "lab1") -> dict[str, int]:
-    m = re.search(rf"^{host}\s*:(.*)$", output, re.M)
-    assert m, output[-3000:]
-    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(1))}
+from tests.lab.conftest import MODEL, Lab, load, recap
 
 
 def _nothing_installed(lab: Lab) -> None:
@@ -88,13 +80,13 @@ def test_second_site_run_changes_nothing(lab: Lab) -> None:
     r = lab.playbook("site.yml")
     assert r.returncode == 0, r.stdout[-3000:]
     changed = re.findall(r"^changed: \[.*$|^TASK \[(.*)\]", r.stdout, re.M)
-    assert _recap(r.stdout)["changed"] == 0, [c for c in changed if c][-20:]
+    assert recap(r.stdout)["changed"] == 0, [c for c in changed if c][-20:]
 
 
 def test_check_mode_on_a_converged_host_changes_nothing(lab: Lab) -> None:
     r = lab.playbook("site.yml", "--check")
     assert r.returncode == 0, r.stdout[-3000:]
-    assert _recap(r.stdout)["changed"] == 0
+    assert recap(r.stdout)["changed"] == 0
 
 
 def test_units_pass_systemd_analyze_verify(lab: Lab) -> None:
@@ -119,30 +111,11 @@ def test_operators_stop_and_start_the_target(lab: Lab) -> None:
     assert ready == 200
 
 
-def _load(url: str, key: str, stop: threading.Event) -> tuple[int, list[str]]:
-    ok, failures = 0, []
-    with httpx.Client(timeout=60) as client:
-        i = 0
-        while not stop.is_set():
-            i += 1
-            body = {"model": MODEL, "messages": [{"role": "user", "content": f"n{i}"}],
-                    "max_tokens": 16, "stream": i % 2 == 0}  # fmt: skip
-            try:
-                r = client.post(url, json=body, headers={"Authorization": f"Bearer {key}"})
-                if r.status_code == 200 and (i % 2 or r.text.rstrip().endswith("[DONE]")):
-                    ok += 1
-                else:
-                    failures.append(f"HTTP {r.status_code} {r.text[:120]}")
-            except httpx.HTTPError as exc:
-                failures.append(repr(exc))
-    return ok, failures
-
-
 def test_rolling_restart_under_load_fails_no_request(lab: Lab) -> None:
     url = lab.edge_url + "/v1/chat/completions"
     stop = threading.Event()
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
-        futures = [pool.submit(_load, url, lab.api_key, stop) for _ in range(6)]
+        futures = [pool.submit(load, url, lab.api_key, stop) for _ in range(6)]
         r = lab.playbook("rolling-restart.yml")
         time.sleep(1)
         stop.set()
