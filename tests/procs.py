@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +29,7 @@ __all__ = [
     "OTHER_KEY",
     "SIM_MODEL",
     "TEST_KEY",
+    "KeepAliveLoad",
     "Proc",
     "Processes",
     "free_port",
@@ -73,6 +75,49 @@ def metric_total(url: str, name: str, **labels: str) -> float:
         for lb, v in metric_samples(text, name)
         if all(lb.get(k) == val for k, val in labels.items())
     )
+
+
+class KeepAliveLoad:
+    """``clients`` threads, each sending ``body`` to ``url + path`` back to back on one
+    keep-alive connection (as SDK clients, or nginx's upstream pool, do) until the ``with``
+    block ends. ``done`` counts the requests, ``failures`` says what went wrong with each
+    request that did not answer 200."""
+
+    def __init__(
+        self, url: str, path: str, body: bytes, headers: dict[str, str], clients: int = 8
+    ) -> None:
+        self._args = (url, path, body, headers)
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._client) for _ in range(clients)]
+        self.done = 0
+        self.failures: list[str] = []
+        self._lock = threading.Lock()
+
+    def _client(self) -> None:
+        url, path, body, headers = self._args
+        with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
+            while not self._stop.is_set():
+                failure = ""
+                try:
+                    r = client.post(path, content=body)
+                    if r.status_code != 200:
+                        failure = f"HTTP {r.status_code}: {r.text[:200]}"
+                except httpx.HTTPError as exc:
+                    failure = repr(exc)
+                with self._lock:
+                    self.done += 1
+                    if failure:
+                        self.failures.append(failure)
+
+    def __enter__(self) -> KeepAliveLoad:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(30)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +25,7 @@ from tests.edge.edgeproc import (
     render,
     running,
 )
-from tests.procs import SIM_MODEL, TEST_KEY, metric_total, processes, wait_until
+from tests.procs import SIM_MODEL, TEST_KEY, KeepAliveLoad, metric_total, processes, wait_until
 
 AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
 CHAT = "/v1/chat/completions"
@@ -163,21 +162,6 @@ def test_drain_moves_new_requests_and_keeps_streams(two_gateways: EdgeStack) -> 
     assert after[0] > before[0], "gw1 got nothing after the undrain"
 
 
-def _keepalive_client(
-    url: str, stop: threading.Event, failures: list[str], done: list[int]
-) -> None:
-    """Back-to-back requests on one keep-alive connection to the edge, as an SDK client."""
-    with httpx.Client(base_url=url, headers=AUTH, timeout=30) as client:
-        while not stop.is_set():
-            try:
-                r = client.post(CHAT, content=_chat(2))
-                if r.status_code != 200:
-                    failures.append(f"HTTP {r.status_code}: {r.text[:200]}")
-                done.append(1)
-            except httpx.HTTPError as exc:
-                failures.append(repr(exc))
-
-
 def test_gateway_restart_behind_the_edge_fails_no_request(tmp_path: Path) -> None:
     """What rolling-restart.yml does to a gateway behind an edge with another gateway: stop it
     (SIGTERM: lame duck for inferstack_gateway_lame_duck_s, 5 s, longer than the edge's idle
@@ -195,29 +179,18 @@ def test_gateway_restart_behind_the_edge_fails_no_request(tmp_path: Path) -> Non
         render(tmp_path / "ansible", _inventory(stack))
         upstream = (edge.prefix / "conf" / "inferstack" / "upstream.conf").read_text()
         assert "keepalive_timeout 4s;" in upstream
-        with running(edge):
-            stop, failures, done = threading.Event(), [], []
-            clients = [
-                threading.Thread(target=_keepalive_client, args=(edge.url, stop, failures, done))
-                for _ in range(8)
-            ]
-            for t in clients:
-                t.start()
-            try:
-                time.sleep(1.0)
-                port = gws[0].port
-                gws[0].stop(timeout=30)
-                gws[0] = ps.gateway([sim], workers=2, env=env, port=port)
-                time.sleep(3.0)  # fail_timeout 2 s: the edge tries the new gateway again
-                before = _served(stack)[0]
-                time.sleep(1.0)
-                back = _served(stack)[0] - before
-            finally:
-                stop.set()
-                for t in clients:
-                    t.join(30)
-    assert len(done) > 100
-    assert failures == [], f"{len(failures)} of {len(done)} requests failed: {failures[:3]}"
+        with running(edge), KeepAliveLoad(edge.url, CHAT, _chat(2), AUTH) as load:
+            time.sleep(1.0)
+            port = gws[0].port
+            gws[0].stop(timeout=30)
+            gws[0] = ps.gateway([sim], workers=2, env=env, port=port)
+            time.sleep(3.0)  # fail_timeout 2 s: the edge tries the new gateway again
+            before = _served(stack)[0]
+            time.sleep(1.0)
+            back = _served(stack)[0] - before
+    assert load.done > 100
+    failures = load.failures
+    assert failures == [], f"{len(failures)} of {load.done} requests failed: {failures[:3]}"
     assert back > 0, "the restarted gateway got no requests from the edge"
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.procs import SIM_MODEL, TEST_KEY, Proc, Processes, metric_total
+from tests.procs import SIM_MODEL, TEST_KEY, KeepAliveLoad, Proc, Processes, metric_total
 
 AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
 
@@ -108,40 +108,16 @@ def test_hup_rereads_the_settings_file(procs: Processes, tmp_path: Path) -> None
         assert r.json()["error"]["param"] == "messages"
 
 
-def _keepalive_client(
-    url: str, stop: threading.Event, failures: list[str], done: list[int]
-) -> None:
-    """Back-to-back requests on one keep-alive connection (like nginx's upstream pool)."""
-    body = {"model": SIM_MODEL, "prompt": "x", "max_tokens": 4}
-    with httpx.Client(timeout=30) as client:
-        while not stop.is_set():
-            try:
-                r = client.post(url + "/v1/completions", json=body, headers=AUTH)
-                if r.status_code != 200:
-                    failures.append(f"HTTP {r.status_code}")
-                done.append(1)
-            except httpx.HTTPError as exc:
-                failures.append(repr(exc))
-
-
 def _reload_under_keepalive_load(procs: Processes, lame_duck_s: str) -> tuple[list[str], int]:
     sim = procs.sim("--ttft-ms", "2", "--itl-ms", "2")
     gw = procs.gateway([sim], workers=2, env={"INFERSTACK_LAME_DUCK_S": lame_duck_s})
-    stop, failures, done = threading.Event(), [], []
-    clients = [
-        threading.Thread(target=_keepalive_client, args=(gw.url, stop, failures, done))
-        for _ in range(8)
-    ]
-    for t in clients:
-        t.start()
-    for _ in range(3):
-        time.sleep(1.0)
-        os.kill(gw.pid, signal.SIGHUP)
-    time.sleep(2.5)
-    stop.set()
-    for t in clients:
-        t.join(30)
-    return failures, len(done)
+    body = json.dumps({"model": SIM_MODEL, "prompt": "x", "max_tokens": 4}).encode()
+    with KeepAliveLoad(gw.url, "/v1/completions", body, AUTH) as load:
+        for _ in range(3):
+            time.sleep(1.0)
+            os.kill(gw.pid, signal.SIGHUP)
+        time.sleep(2.5)
+    return load.failures, load.done
 
 
 def test_hup_under_keepalive_load_resets_no_connection(procs: Processes) -> None:

@@ -6,12 +6,14 @@ lab. Needs root and systemd-nspawn (CI has both); skipped otherwise.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import re
 import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +68,31 @@ class Lab:
         )  # fmt: skip
         self.outputs.append(r.stdout + r.stderr)
         return r
+
+    def rolling_restart_under_load(
+        self, clients: int
+    ) -> tuple[subprocess.CompletedProcess[str], int, list[str]]:
+        """rolling-restart.yml while ``clients`` loop chat requests through the edge:
+        (the playbook's run, requests answered in full, failures)."""
+        url = self.edge_url + "/v1/chat/completions"
+        stop = threading.Event()
+        with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+            futures = [pool.submit(load, url, self.api_key, stop) for _ in range(clients)]
+            r = self.playbook("rolling-restart.yml")
+            time.sleep(2)
+            stop.set()
+            results = [f.result() for f in futures]
+        return r, sum(n for n, _ in results), [f for _, fs in results for f in fs]
+
+    def deploy_and_check(self) -> str:
+        """site.yml, then health.yml with every check passed: health.yml's output."""
+        r = self.playbook("site.yml")
+        assert r.returncode == 0, r.stdout[-5000:]
+        health = self.playbook("health.yml")
+        assert health.returncode == 0, health.stdout[-5000:]
+        m = re.search(r"(\d+)/(\d+) checks passed", health.stdout)
+        assert m and m.group(1) == m.group(2), health.stdout[-3000:]
+        return health.stdout
 
     def host_address(self, host: str) -> str:
         inv = yaml.safe_load(self.inventory.read_text())

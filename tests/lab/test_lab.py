@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import re
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.lab.conftest import MODEL, Lab, load, recap
+from tests.lab.conftest import MODEL, Lab, recap
 
 
 def _nothing_installed(lab: Lab) -> None:
@@ -68,12 +67,7 @@ def test_unreachable_host_stops_the_run(lab: Lab, tmp_path: Path) -> None:
 
 
 def test_site_deploys_and_health_passes(lab: Lab) -> None:
-    r = lab.playbook("site.yml")
-    assert r.returncode == 0, r.stdout[-5000:]
-    health = lab.playbook("health.yml")
-    assert health.returncode == 0, health.stdout[-5000:]
-    m = re.search(r"(\d+)/(\d+) checks passed", health.stdout)
-    assert m and m.group(1) == m.group(2), health.stdout[-3000:]
+    lab.deploy_and_check()
 
 
 def test_second_site_run_changes_nothing(lab: Lab) -> None:
@@ -112,17 +106,8 @@ def test_operators_stop_and_start_the_target(lab: Lab) -> None:
 
 
 def test_rolling_restart_under_load_fails_no_request(lab: Lab) -> None:
-    url = lab.edge_url + "/v1/chat/completions"
-    stop = threading.Event()
-    with concurrent.futures.ThreadPoolExecutor(6) as pool:
-        futures = [pool.submit(load, url, lab.api_key, stop) for _ in range(6)]
-        r = lab.playbook("rolling-restart.yml")
-        time.sleep(1)
-        stop.set()
-        results = [f.result() for f in futures]
+    r, ok, failures = lab.rolling_restart_under_load(clients=6)
     assert r.returncode == 0, r.stdout[-4000:]
-    ok = sum(n for n, _ in results)
-    failures = [f for _, fs in results for f in fs]
     assert ok > 50
     assert failures == [], f"{len(failures)} failed of {ok + len(failures)}: {failures[:3]}"
 

@@ -5,17 +5,14 @@ a failed request -> a load test from mon1 through playbooks/loadtest.yml."""
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import re
-import threading
-import time
 import uuid
 from pathlib import Path
 
 import httpx
 
-from tests.lab.conftest import MODEL, Lab, load
+from tests.lab.conftest import MODEL, Lab
 
 GATEWAYS = ("gw1", "gw2")
 
@@ -27,15 +24,10 @@ def _main_pids(lab: Lab, host: str, *units: str) -> list[str]:
 
 
 def test_site_deploys_every_host_and_health_passes(multi_lab: Lab) -> None:
-    r = multi_lab.playbook("site.yml")
-    assert r.returncode == 0, r.stdout[-5000:]
-    health = multi_lab.playbook("health.yml")
-    assert health.returncode == 0, health.stdout[-5000:]
-    m = re.search(r"(\d+)/(\d+) checks passed", health.stdout)
-    assert m and m.group(1) == m.group(2), health.stdout[-3000:]
+    health = multi_lab.deploy_and_check()
     # every layer on its own host was checked
     for host in ("edge1", "gw1", "gw2", "engine1", "engine2", "mon1"):
-        assert re.search(rf"^\s+ok\s+\w+\s+{host}\s", health.stdout, re.M), host
+        assert re.search(rf"^\s+ok\s+\w+\s+{host}\s", health, re.M), host
 
 
 def test_the_gateways_share_one_cache(multi_lab: Lab) -> None:
@@ -65,17 +57,8 @@ def test_rolling_restart_under_load_through_the_edge_fails_no_request(multi_lab:
         h: _main_pids(multi_lab, h, "inferstack-engine@0", "inferstack-engine@1")
         for h in ("engine1", "engine2")
     }
-    url = multi_lab.edge_url + "/v1/chat/completions"
-    stop = threading.Event()
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        futures = [pool.submit(load, url, multi_lab.api_key, stop) for _ in range(8)]
-        r = multi_lab.playbook("rolling-restart.yml")
-        time.sleep(2)
-        stop.set()
-        results = [f.result() for f in futures]
+    r, ok, failures = multi_lab.rolling_restart_under_load(clients=8)
     assert r.returncode == 0, r.stdout[-4000:]
-    ok = sum(n for n, _ in results)
-    failures = [f for _, fs in results for f in fs]
     assert ok > 100
     assert failures == [], f"{len(failures)} failed of {ok + len(failures)}: {failures[:3]}"
     # everything was restarted, the edge was not reloaded (no --tags edge)
