@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -17,6 +15,7 @@ from inferstack.localstack import (
     redis_ping,
     redis_up,
     wait_http,
+    wait_until,
 )
 from inferstack.localstack import Processes as _Processes
 from inferstack.localstack import processes as _processes
@@ -118,13 +117,3 @@ class KeepAliveLoad:
         self._stop.set()
         for t in self._threads:
             t.join(30)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll ``predicate`` every 20 ms until it holds (True) or ``timeout`` passes (False)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False

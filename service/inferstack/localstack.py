@@ -218,7 +218,7 @@ class Processes:
             argv += ["--bind", "127.0.0.1", "--dir", str(workdir)]
         argv += [*args]
         proc = self._spawn(argv, {}, "redis", port, f"redis://127.0.0.1:{port}/0")
-        if not _wait_for(lambda: redis_up(port) or proc.popen.poll() is not None, 10):
+        if not wait_until(lambda: redis_up(port) or proc.popen.poll() is not None, 10):
             raise TimeoutError(f"redis-server did not answer on port {port}:\n{proc.log()}")
         if proc.popen.poll() is not None:
             raise RuntimeError(f"redis-server exited:\n{proc.log()}")
@@ -252,7 +252,8 @@ def redis_up(port: int) -> bool:
     return redis_command(port, "PING").startswith((b"+PONG", b"-NOAUTH"))
 
 
-def _wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll ``predicate`` every 20 ms until it holds (True) or ``timeout`` passes (False)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():

@@ -7,8 +7,11 @@ imports gevent or Locust.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -306,12 +309,66 @@ def _execute(fields: dict[str, Any]) -> None:
     raise typer.Exit(code)
 
 
-@app.command("run")
-def run(
+def _shared_options(
     target: Target,
     api_key: ApiKey = None,
     model: Model = None,
     endpoint: EndpointOpt = "chat",
+    duration: Duration = None,
+    dataset: Dataset = "random",
+    dataset_path: DatasetPath = None,
+    input_len: InputLen = 1024,
+    output_len: OutputLen = None,
+    range_ratio: RangeRatio = 0.0,
+    seed: Seed = 0,
+    ignore_eos: IgnoreEos = False,
+    extra_body: ExtraBody = None,
+    header: Header = None,
+    timeout: Timeout = 600.0,
+    insecure: Insecure = False,
+    goodput: Goodput = None,
+    percentiles: Percentiles = "99",
+    percentile_metrics: PercentileMetrics = "ttft,tpot,itl,e2el",
+    out: Out = None,
+    no_charts: NoCharts = False,
+    progress_interval: Progress = 10.0,
+    processes: Processes = 1,
+    expect_workers: ExpectWorkers = 0,
+    master_bind_host: BindHost = "0.0.0.0",
+    master_bind_port: BindPort = 5557,
+    workers_timeout: WorkersTimeout = 120.0,
+    no_locust_events: NoEvents = False,
+    cpu_limit: CpuLimit = 0.9,
+    lag_limit_ms: LagLimit = 10.0,
+) -> None:
+    """The options of both ``run`` and ``sweep`` (a signature only, never called)."""
+
+
+def _with_shared_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give ``command`` (own options, then ``**shared``) the options of _shared_options: Typer
+    reads the combined signature; the shared values arrive in ``shared``."""
+    own = [
+        p
+        for p in inspect.signature(command, eval_str=True).parameters.values()
+        if p.kind is not inspect.Parameter.VAR_KEYWORD
+    ]
+    common = list(inspect.signature(_shared_options, eval_str=True).parameters.values())
+    required = [p for p in common if p.default is inspect.Parameter.empty]
+    optional = [p for p in common if p.default is not inspect.Parameter.empty]
+
+    @functools.wraps(command)
+    def wrapper(**values: Any) -> None:
+        command(**values)
+
+    wrapper.__signature__ = inspect.Signature([*required, *own, *optional])  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {**_shared_options.__annotations__, **command.__annotations__}
+    wrapper.__annotations__.pop("shared", None)
+    return wrapper
+
+
+@app.command("run")
+@_with_shared_options
+def run(
     concurrency: Annotated[
         list[int] | None,
         typer.Option(
@@ -347,41 +404,16 @@ def run(
             rich_help_panel=G_LOAD,
         ),
     ] = None,
-    duration: Duration = None,
     ramp_up: RampUp = 0.0,
-    dataset: Dataset = "random",
-    dataset_path: DatasetPath = None,
     num_prompts: NumPrompts = 200,
-    input_len: InputLen = 1024,
-    output_len: OutputLen = None,
-    range_ratio: RangeRatio = 0.0,
-    seed: Seed = 0,
-    ignore_eos: IgnoreEos = False,
-    extra_body: ExtraBody = None,
-    header: Header = None,
-    timeout: Timeout = 600.0,
-    insecure: Insecure = False,
-    goodput: Goodput = None,
-    percentiles: Percentiles = "99",
-    percentile_metrics: PercentileMetrics = "ttft,tpot,itl,e2el",
-    out: Out = None,
-    no_charts: NoCharts = False,
-    progress_interval: Progress = 10.0,
-    processes: Processes = 1,
-    expect_workers: ExpectWorkers = 0,
-    master_bind_host: BindHost = "0.0.0.0",
-    master_bind_port: BindPort = 5557,
-    workers_timeout: WorkersTimeout = 120.0,
-    no_locust_events: NoEvents = False,
-    cpu_limit: CpuLimit = 0.9,
-    lag_limit_ms: LagLimit = 10.0,
+    **shared: Any,
 ) -> None:
     """Fixed concurrency (closed loop) or fixed request rate, one or more levels.
 
     Prints vLLM's "Serving Benchmark Result" block per level and writes result.json,
     levels.csv, requests.csv, charts/*.png and report.html to --out.
     """
-    fields = dict(locals())
+    fields = {**{k: v for k, v in locals().items() if k != "shared"}, **shared}
     fields["mode"] = "run"
     fields["duration_s"] = fields.pop("duration")
     fields["ramp_up_s"] = fields.pop("ramp_up")
@@ -392,11 +424,8 @@ def run(
 
 
 @app.command("sweep")
+@_with_shared_options
 def sweep(
-    target: Target,
-    api_key: ApiKey = None,
-    model: Model = None,
-    endpoint: EndpointOpt = "chat",
     slo_ttft_ms: Annotated[
         float, typer.Option(help="Stop when TTFT p99 exceeds this (ms).", rich_help_panel=G_SWEEP)
     ] = 2000.0,
@@ -429,7 +458,6 @@ def sweep(
             rich_help_panel=G_SWEEP,
         ),
     ] = 32,
-    duration: Duration = None,
     ramp_up: Annotated[
         str,
         typer.Option(
@@ -439,32 +467,8 @@ def sweep(
             rich_help_panel=G_LOAD,
         ),
     ] = "auto",
-    dataset: Dataset = "random",
-    dataset_path: DatasetPath = None,
     num_prompts: NumPrompts = 1000,
-    input_len: InputLen = 1024,
-    output_len: OutputLen = None,
-    range_ratio: RangeRatio = 0.0,
-    seed: Seed = 0,
-    ignore_eos: IgnoreEos = False,
-    extra_body: ExtraBody = None,
-    header: Header = None,
-    timeout: Timeout = 600.0,
-    insecure: Insecure = False,
-    goodput: Goodput = None,
-    percentiles: Percentiles = "99",
-    percentile_metrics: PercentileMetrics = "ttft,tpot,itl,e2el",
-    out: Out = None,
-    no_charts: NoCharts = False,
-    progress_interval: Progress = 10.0,
-    processes: Processes = 1,
-    expect_workers: ExpectWorkers = 0,
-    master_bind_host: BindHost = "0.0.0.0",
-    master_bind_port: BindPort = 5557,
-    workers_timeout: WorkersTimeout = 120.0,
-    no_locust_events: NoEvents = False,
-    cpu_limit: CpuLimit = 0.9,
-    lag_limit_ms: LagLimit = 10.0,
+    **shared: Any,
 ) -> None:
     """How many concurrent users does it serve? Concurrency 1, 2, 4, ... until a rule stops.
 
@@ -472,7 +476,7 @@ def sweep(
     than --min-gain, or the load generator saturates; reports the maximum stable concurrency
     and a production recommendation at 70-80 % of it.
     """
-    fields = dict(locals())
+    fields = {**{k: v for k, v in locals().items() if k != "shared"}, **shared}
     fields["mode"] = "sweep"
     fields["sweep_max"] = fields.pop("max_level")
     fields["duration_s"] = fields.pop("duration")
