@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import concurrent.futures
 import re
+import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.lab.conftest import MODEL, Lab, recap
+from tests.lab.conftest import MODEL, Lab, load, recap
+from tests.procs import metric_total
 
 
 def _nothing_installed(lab: Lab) -> None:
@@ -126,9 +128,19 @@ def test_every_rule_and_panel_returns_data_from_the_lab_prometheus(lab: Lab) -> 
     url = f"http://{lab.address}:8000/v1/chat/completions"
     body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
     auth = {"Authorization": f"Bearer {lab.api_key}"}
-    assert lab.exec("systemctl", "stop", "inferstack-engine@0").returncode == 0
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:  # spread over both instances
-        list(pool.map(lambda _: httpx.post(url, json=body, headers=auth, timeout=30), range(8)))
+    # The instance stops under running traffic: requests the gateway sends to it before its
+    # health probe (every 2 s) notices are refused and retried on the other instance. (Stopped
+    # first and then sent traffic, the probe may notice first, and there is no retry to see.)
+    stop = threading.Event()
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(load, url, lab.api_key, stop) for _ in range(4)]
+        time.sleep(0.5)
+        assert lab.exec("systemctl", "stop", "inferstack-engine@0").returncode == 0
+        time.sleep(1.0)
+        stop.set()
+        [f.result() for f in futures]
+    retries = metric_total(f"http://{lab.address}:8000", "inferstack_retries_total")
+    assert retries > 0, "no request was retried on the other instance"
     assert lab.exec("systemctl", "stop", "inferstack-engine@1").returncode == 0
     statuses = {httpx.post(url, json=body, headers=auth, timeout=30).status_code for _ in range(4)}
     assert statuses == {503}, statuses
@@ -138,8 +150,8 @@ def test_every_rule_and_panel_returns_data_from_the_lab_prometheus(lab: Lab) -> 
         if httpx.get(f"http://{lab.address}:8000/ready", timeout=5).status_code == 200:
             break
         time.sleep(0.5)
-    load = cli("load", "--gateway", f"http://{lab.address}:8000", "--api-key", lab.api_key,
+    loaded = cli("load", "--gateway", f"http://{lab.address}:8000", "--api-key", lab.api_key,
                "--model", MODEL)  # fmt: skip
-    assert load.returncode == 0, load.stdout[-2000:] + load.stderr[-2000:]
+    assert loaded.returncode == 0, loaded.stdout[-2000:] + loaded.stderr[-2000:]
     verify = cli("verify", "--prometheus", f"http://{lab.address}:9090")
     assert verify.returncode == 0, verify.stdout[-4000:] + verify.stderr[-2000:]
