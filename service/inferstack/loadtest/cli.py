@@ -7,7 +7,6 @@ imports gevent or Locust.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import json
 import os
@@ -355,15 +354,8 @@ def _with_shared_options(command: Callable[..., None]) -> Callable[..., None]:
     common = list(inspect.signature(_shared_options, eval_str=True).parameters.values())
     required = [p for p in common if p.default is inspect.Parameter.empty]
     optional = [p for p in common if p.default is not inspect.Parameter.empty]
-
-    @functools.wraps(command)
-    def wrapper(**values: Any) -> None:
-        command(**values)
-
-    wrapper.__signature__ = inspect.Signature([*required, *own, *optional])  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {**_shared_options.__annotations__, **command.__annotations__}
-    wrapper.__annotations__.pop("shared", None)
-    return wrapper
+    command.__signature__ = inspect.Signature([*required, *own, *optional])  # type: ignore[attr-defined]
+    return command
 
 
 @app.command("run")
