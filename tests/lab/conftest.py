@@ -69,20 +69,31 @@ class Lab:
         self.outputs.append(r.stdout + r.stderr)
         return r
 
-    def rolling_restart_under_load(
-        self, clients: int
+    def playbook_under_load(
+        self, name: str, *args: str, clients: int
     ) -> tuple[subprocess.CompletedProcess[str], int, list[str]]:
-        """rolling-restart.yml while ``clients`` loop chat requests through the edge:
+        """Playbook ``name`` while ``clients`` loop chat requests through the edge:
         (the playbook's run, requests answered in full, failures)."""
         url = self.edge_url + "/v1/chat/completions"
         stop = threading.Event()
         with concurrent.futures.ThreadPoolExecutor(clients) as pool:
             futures = [pool.submit(load, url, self.api_key, stop) for _ in range(clients)]
-            r = self.playbook("rolling-restart.yml")
+            r = self.playbook(name, *args)
             time.sleep(2)
             stop.set()
             results = [f.result() for f in futures]
         return r, sum(n for n, _ in results), [f for _, fs in results for f in fs]
+
+    def main_pids(self, *units: str, host: str | None = None) -> list[str]:
+        r = self.exec("systemctl", "show", "--property=MainPID", "--value", *units, host=host)
+        assert r.returncode == 0, r.stderr
+        return r.stdout.split()
+
+    def pending_restarts(self, host: str | None = None) -> list[str]:
+        """The units marked for a restart on ``host`` (site.yml's rolling restart clears them)."""
+        r = self.exec("ls", "/var/lib/inferstack/restart-pending", host=host)
+        assert r.returncode == 0, r.stderr
+        return r.stdout.split()
 
     def deploy_and_check(self) -> str:
         """site.yml, then health.yml with every check passed: health.yml's output."""

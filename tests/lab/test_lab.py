@@ -107,10 +107,29 @@ def test_operators_stop_and_start_the_target(lab: Lab) -> None:
 
 
 def test_rolling_restart_under_load_fails_no_request(lab: Lab) -> None:
-    r, ok, failures = lab.rolling_restart_under_load(clients=6)
+    r, ok, failures = lab.playbook_under_load("rolling-restart.yml", clients=6)
     assert r.returncode == 0, r.stdout[-4000:]
     assert ok > 50
     assert failures == [], f"{len(failures)} failed of {ok + len(failures)}: {failures[:3]}"
+
+
+def test_site_applies_a_changed_engine_configuration_without_failing_a_request(lab: Lab) -> None:
+    """site.yml changes both instances' environment under load: the instances are marked and
+    restarted at its end one at a time, drained first (restarted in place, both were ejected at
+    once and most requests failed with 503). The gateway's unit did not change: not restarted."""
+    engines = ("inferstack-engine@0", "inferstack-engine@1")
+    before, gateway = lab.main_pids(*engines), lab.main_pids("inferstack-gateway")
+    change = '{"vllm_extra_env": {"INFERSTACK_ROLLOUT": "1"}}'
+    r, ok, failures = lab.playbook_under_load("site.yml", "-e", change, clients=6)
+    assert r.returncode == 0, r.stdout[-4000:]
+    assert ok > 50
+    assert failures == [], f"{len(failures)} failed of {ok + len(failures)}: {failures[:3]}"
+    after = lab.main_pids(*engines)
+    assert all(a != b for a, b in zip(after, before, strict=True)), (before, after)
+    assert lab.main_pids("inferstack-gateway") == gateway
+    assert lab.pending_restarts() == []
+    env = lab.exec("cat", "/etc/inferstack/engine/1.env").stdout
+    assert "INFERSTACK_ROLLOUT=1" in env
 
 
 def test_every_rule_and_panel_returns_data_from_the_lab_prometheus(lab: Lab) -> None:

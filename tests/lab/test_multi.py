@@ -17,12 +17,6 @@ from tests.lab.conftest import MODEL, Lab
 GATEWAYS = ("gw1", "gw2")
 
 
-def _main_pids(lab: Lab, host: str, *units: str) -> list[str]:
-    r = lab.exec("systemctl", "show", "--property=MainPID", "--value", *units, host=host)
-    assert r.returncode == 0, r.stderr
-    return r.stdout.split()
-
-
 def test_site_deploys_every_host_and_health_passes(multi_lab: Lab) -> None:
     health = multi_lab.deploy_and_check()
     # every layer on its own host was checked
@@ -49,25 +43,51 @@ def test_the_gateways_share_one_cache(multi_lab: Lab) -> None:
     assert seen[0][1] == seen[1][1]
 
 
+ENGINES = ("engine1", "engine2")
+ENGINE_UNITS = ("inferstack-engine@0", "inferstack-engine@1")
+
+
+def _pids(lab: Lab) -> dict[str, list[str]]:
+    return {
+        **{gw: lab.main_pids("inferstack-gateway", host=gw) for gw in GATEWAYS},
+        **{host: lab.main_pids(*ENGINE_UNITS, host=host) for host in ENGINES},
+    }
+
+
+def _all_restarted(before: dict[str, list[str]], after: dict[str, list[str]]) -> None:
+    for host, pids in before.items():
+        assert all(a != b for a, b in zip(after[host], pids, strict=True)), host
+
+
 def test_rolling_restart_under_load_through_the_edge_fails_no_request(multi_lab: Lab) -> None:
     """Engines drained through the gateways' drain file, gateways restarted behind the edge
     (lame duck, no nginx reload): 8 keep-alive clients through the edge see no failure."""
-    before = {gw: _main_pids(multi_lab, gw, "inferstack-gateway") for gw in GATEWAYS}
-    engines = {
-        h: _main_pids(multi_lab, h, "inferstack-engine@0", "inferstack-engine@1")
-        for h in ("engine1", "engine2")
-    }
-    r, ok, failures = multi_lab.rolling_restart_under_load(clients=8)
+    before = _pids(multi_lab)
+    r, ok, failures = multi_lab.playbook_under_load("rolling-restart.yml", clients=8)
     assert r.returncode == 0, r.stdout[-4000:]
     assert ok > 100
     assert failures == [], f"{len(failures)} failed of {ok + len(failures)}: {failures[:3]}"
     # everything was restarted, the edge was not reloaded (no --tags edge)
-    for gw, pids in before.items():
-        assert _main_pids(multi_lab, gw, "inferstack-gateway") != pids, gw
-    for host, pids in engines.items():
-        now = _main_pids(multi_lab, host, "inferstack-engine@0", "inferstack-engine@1")
-        assert all(a != b for a, b in zip(now, pids, strict=True)), host
+    _all_restarted(before, _pids(multi_lab))
     assert "Reload nginx (graceful)" not in r.stdout
+
+
+def test_site_rolls_out_changed_units_one_at_a_time_under_load(multi_lab: Lab) -> None:
+    """A change to every engine instance's environment and to the gateway unit, as a new build
+    makes: site.yml marks the running units and restarts them one at a time at its end, so
+    8 clients through the edge see no failure (restarted in place, all at once, they did)."""
+    before = _pids(multi_lab)
+    change = '{"vllm_extra_env": {"INFERSTACK_ROLLOUT": "1"}, "gateway_graceful_timeout_s": 599}'
+    r, ok, failures = multi_lab.playbook_under_load("site.yml", "-e", change, clients=8)
+    assert r.returncode == 0, r.stdout[-4000:]
+    assert ok > 100
+    assert failures == [], f"{len(failures)} failed of {ok + len(failures)}: {failures[:3]}"
+    _all_restarted(before, _pids(multi_lab))
+    for host in (*GATEWAYS, *ENGINES):
+        assert multi_lab.pending_restarts(host) == [], host
+    unit = multi_lab.exec("systemctl", "show", "-p", "TimeoutStopUSec", "--value",
+                          "inferstack-gateway", host="gw2")  # fmt: skip
+    assert unit.stdout.strip() == "10min 29s"  # the restarted gateway runs the new unit
 
 
 def test_loadtest_playbook_runs_from_the_loadgen_host(multi_lab: Lab, tmp_path: Path) -> None:
