@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import pathlib
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ from inferstack.gateway.auth import KeyStore, hash_key
 from inferstack.gateway.backends import BackendPool
 from inferstack.gateway.context import RequestContext
 from inferstack.gateway.errors import APIError
+from inferstack.gateway.loadreport import PollerLock, engine_load
 from inferstack.gateway.protocol import ChatCompletionRequest, CompletionRequest
 from inferstack.gateway.proxy import with_usage_requested
 from inferstack.gateway.settings import ApiKey, GatewaySettings
@@ -332,3 +334,49 @@ def test_settings_file_is_read(tmp_path: object) -> None:
     data = orjson.loads(proc.stdout)
     assert data["workers"] == 4  # the environment wins over the file
     assert data["backends"][0]["url"] == "http://10.0.0.1:8000"
+
+
+async def test_routing_counts_what_engines_report_from_elsewhere() -> None:
+    """Requests another gateway keeps on an engine (reported by the engine) count like this
+    gateway's own: the next request goes to the engine with the least of both."""
+    pool = _pool()
+    a, b, c = pool.backends
+    a.set_others(3)
+    c.set_others(1)
+    first = await pool.acquire("m", "r")
+    assert first is b
+    second = await pool.acquire("m", "r")  # b has 1 own, c has 1 from elsewhere: a tie
+    assert second in (b, c)
+    # the in-flight cap counts this gateway's requests only
+    capped = _pool(backend_max_inflight=1)
+    capped.backends[0].set_others(50)
+    got = [await capped.acquire("m", "r") for _ in range(3)]
+    assert {x.label for x in got} == {x.label for x in capped.backends}
+
+
+def test_engine_load_sums_running_and_waiting_over_series() -> None:
+    page = b"""# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="a"} 3.0
+vllm:num_requests_running{engine="1",model_name="a"} 2.0
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{engine="0",model_name="a"} 4.0
+vllm:num_requests_waiting_by_reason{reason="capacity"} 9.0
+vllm:num_requests_swapped 7.0
+vllm:kv_cache_usage_perc 0.5
+"""
+    assert engine_load(page) == 9
+    assert engine_load(b"vllm:num_requests_running 2\n") == 2
+    assert engine_load(b"# no vLLM metrics here\nup 1\n") is None
+    assert engine_load(b'vllm:num_requests_running{x="1"} not-a-number\n') is None
+
+
+def test_one_worker_holds_the_poller_lock(tmp_path: pathlib.Path) -> None:
+    path = str(tmp_path / "poller.lock")
+    first, second = PollerLock(path), PollerLock(path)
+    assert first.acquire()
+    assert first.acquire()  # held: still ours
+    assert not second.acquire()
+    first.release()
+    assert second.acquire()
+    assert PollerLock(None).acquire()  # a single process (no Gunicorn) always polls

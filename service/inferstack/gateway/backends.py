@@ -1,7 +1,8 @@
 """The backend pool: health, least-outstanding routing, session affinity, admission control.
 
 Each worker process holds its own pool (like each nginx worker holds its own upstream state);
-the workers of one gateway share their in-flight counts, other gateways' requests are unseen.
+the workers of one gateway share their in-flight counts, and other gateways' requests are seen
+through the engines' own counts (``inferstack.gateway.loadreport``).
 A backend takes traffic while healthy; it is ejected by an active probe failing, by a
 connection error, or by ``eject_after_failures`` consecutive 5xx answers, and re-admitted by
 the first passing probe after ``eject_s``.
@@ -26,7 +27,7 @@ from collections.abc import Iterable
 from inferstack.gateway import metrics
 from inferstack.gateway.errors import APIError, busy, unavailable
 from inferstack.gateway.settings import BackendConfig, GatewaySettings
-from inferstack.gateway.shared import InflightCounter
+from inferstack.gateway.shared import InflightCounter, ReportedCell
 
 log = logging.getLogger("inferstack.gateway")
 
@@ -38,6 +39,7 @@ class Backend:
         "_counter",
         "_drained_gauge",
         "_healthy_gauge",
+        "_others",
         "consecutive_failures",
         "drained",
         "ejected_until",
@@ -52,6 +54,7 @@ class Backend:
         self.url = cfg.url
         self.label = cfg.label
         self._counter = InflightCounter(index)
+        self._others = ReportedCell(index)
         self.healthy = False
         self.ejected_until = 0.0
         self.consecutive_failures = 0
@@ -87,6 +90,19 @@ class Backend:
     def my_inflight(self) -> int:
         """Requests outstanding on this backend from this worker."""
         return self._counter.mine
+
+    @property
+    def others(self) -> int:
+        """Requests on this backend from elsewhere, as the engine last reported them."""
+        return self._others.get()
+
+    def set_others(self, count: int) -> None:
+        self._others.set(count)
+
+    @property
+    def load(self) -> int:
+        """What routing ranks by: this gateway's in-flight requests and everyone else's."""
+        return self._counter.total() + self._others.get()
 
     def acquire(self) -> None:
         self._counter.add(1)
@@ -153,8 +169,8 @@ class BackendPool:
         return bool(self._candidates(model, exclude))
 
     def _pick(self, candidates: list[Backend], affinity: str | None) -> Backend | None:
-        loads = [(b.inflight, b) for b in candidates]
-        free = [(n, b) for n, b in loads if n < self.cap]
+        # The in-flight cap counts this gateway's requests only; the choice counts everyone's.
+        free = [(b.load, b) for b in candidates if b.inflight < self.cap]
         if not free:
             return None
         if affinity:
@@ -165,9 +181,10 @@ class BackendPool:
                 return home
         least = min(n for n, _ in free)
         ties = [b for n, b in free if n == least]
-        # Ties are broken at random: other gateways (and their workers) see the same counts
-        # only for their own requests; a fixed order would send all of them to the first idle
-        # engine at once, and two prefills landing together double the time to first token.
+        # Ties are broken at random: between engine load reports other gateways' newest
+        # requests are unseen; a fixed order would send every gateway's next request to the
+        # first idle engine at once, and two prefills landing together double the time to
+        # first token.
         return ties[0] if len(ties) == 1 else random.choice(ties)
 
     async def acquire(

@@ -84,6 +84,10 @@ logconfig_dict: dict[str, Any] = {
 # the workers: during HUP reloads, old workers finish their streams beside the new ones.
 _slots = shared.SlotAllocator(shared.InflightTable(slots=4 * _settings.workers))
 shared.TABLE = _slots.table
+# Engine-reported load (inferstack.gateway.loadreport): one shared row, and the lock file that
+# elects the worker that polls the engines.
+shared.REPORTED = shared.InflightTable(slots=1)
+shared.POLLER_LOCK = os.path.join(tempfile.gettempdir(), f"inferstack-gateway-{os.getpid()}.lock")
 
 
 def pre_fork(server: Any, worker: Any) -> None:
@@ -109,5 +113,7 @@ def child_exit(server: Any, worker: Any) -> None:
 
 
 def on_exit(server: Any) -> None:
+    if shared.POLLER_LOCK:
+        Path(shared.POLLER_LOCK).unlink(missing_ok=True)
     if not _settings.metrics_dir:
         shutil.rmtree(_metrics_dir, ignore_errors=True)

@@ -77,6 +77,13 @@ BACKEND_IN_FLIGHT = Gauge(
     ["backend"],
     multiprocess_mode="livesum",
 )
+BACKEND_OTHER_REQUESTS = Gauge(
+    "inferstack_backend_other_requests",
+    "Requests on the backend that are not this gateway's (other gateways, direct clients): "
+    "the engine's running + waiting count minus this gateway's in-flight, as last read.",
+    ["backend"],
+    multiprocess_mode="livemax",
+)
 BACKEND_DRAINED = Gauge(
     "inferstack_backend_drained",
     "1 while the backend is drained (drain file): no new requests, in-flight ones finish.",

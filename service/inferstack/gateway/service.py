@@ -10,6 +10,7 @@ from collections.abc import Callable
 from inferstack.gateway.auth import KeyStore
 from inferstack.gateway.backends import BackendPool
 from inferstack.gateway.cache.responses import ResponseCache
+from inferstack.gateway.loadreport import LoadPoller
 from inferstack.gateway.proxy import Proxy
 from inferstack.gateway.settings import GatewaySettings
 from inferstack.gateway.upstream import Upstream
@@ -53,6 +54,9 @@ class Gateway:
             asyncio.create_task(self.upstream.probe_forever(self.pool)),
             asyncio.create_task(self._publish_forever()),
         ]
+        if self.settings.load_poll_interval_s > 0:
+            poller = LoadPoller(self.pool, self.upstream, self.settings.load_poll_interval_s)
+            self._tasks.append(asyncio.create_task(poller.run_forever()))
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -119,6 +119,9 @@ class GatewaySettings(BaseSettings):
     drained backend gets no new requests and its in-flight requests finish (rolling restarts)."""
     eject_s: Annotated[float, Field(ge=0)] = 5.0
     """Minimum time an ejected backend stays out before a passing probe re-admits it."""
+    load_poll_interval_s: Annotated[float, Field(ge=0, le=60)] = 0.5
+    """How often one worker of this gateway reads each engine's running + waiting request
+    counts (``/metrics``), so that routing sees other gateways' requests; 0 = never."""
 
     # --- auth ---
     auth_enabled: bool = True

@@ -58,6 +58,31 @@ class SlotAllocator:
 # Set in the master (gunicorn_conf) before each fork; each worker inherits its own values.
 TABLE: InflightTable | None = None
 SLOT: int | None = None
+# Engine-reported load beyond this gateway's own requests, one cell per backend, written by
+# the one worker that holds the poller lock (inferstack.gateway.loadreport), read by all.
+REPORTED: InflightTable | None = None
+POLLER_LOCK: str | None = None
+"""Path of the file whose lock elects that worker."""
+
+
+class ReportedCell:
+    """One backend's engine-reported load from elsewhere: in the shared row when there is one
+    (every worker reads what the elected worker wrote), else process-local."""
+
+    __slots__ = ("_column", "_local", "_table")
+
+    def __init__(self, column: int) -> None:
+        self._local = 0
+        self._table = REPORTED if column < MAX_BACKENDS else None
+        self._column = column
+
+    def get(self) -> int:
+        return self._table.view[self._column] if self._table is not None else self._local
+
+    def set(self, value: int) -> None:
+        self._local = value
+        if self._table is not None:
+            self._table.view[self._column] = value
 
 
 class InflightCounter:

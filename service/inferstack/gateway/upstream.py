@@ -107,6 +107,16 @@ class Upstream:
         except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError, AttributeError):
             return False, None
 
+    async def engine_metrics(self, backend: Backend) -> bytes | None:
+        """The engine's ``/metrics`` page, or None when it cannot be read in time."""
+        try:
+            async with self.session.get(
+                backend.url + "/metrics", headers=self._headers, timeout=self._probe_timeout
+            ) as resp:
+                return await resp.read() if resp.status == 200 else None
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+
     async def probe_all(self, pool: BackendPool) -> None:
         pool.apply_drain(await drain.read(self._settings.drain_file))
         results = await asyncio.gather(*(self.probe(b) for b in pool.backends))
