@@ -99,11 +99,6 @@ class Backend:
     def set_others(self, count: int) -> None:
         self._others.set(count)
 
-    @property
-    def load(self) -> int:
-        """What routing ranks by: this gateway's in-flight requests and everyone else's."""
-        return self._counter.total() + self._others.get()
-
     def acquire(self) -> None:
         self._counter.add(1)
 
@@ -170,7 +165,9 @@ class BackendPool:
 
     def _pick(self, candidates: list[Backend], affinity: str | None) -> Backend | None:
         # The in-flight cap counts this gateway's requests only; the choice counts everyone's.
-        free = [(b.load, b) for b in candidates if b.inflight < self.cap]
+        # Each shared in-flight total is read once: it is a sum over every worker's row.
+        counts = [(b.inflight, b) for b in candidates]
+        free = [(n + b.others, b) for n, b in counts if n < self.cap]
         if not free:
             return None
         if affinity:
