@@ -24,23 +24,40 @@ def servers() -> Iterator[tuple[SimServer, SimServer]]:
         yield a, b
 
 
+def _timing_misses(results: list, concurrency: int) -> list[str]:
+    """How one round's client-side timings miss the configured ones (empty when they match)."""
+    assert all(r.status == 200 for r in results)
+    assert all(r.usage is not None and r.usage["completion_tokens"] == 15 for r in results)
+    ttft = statistics.median(r.ttft for r in results) * 1e3
+    tpot = statistics.median(r.tpot for r in results) * 1e3
+    itl = statistics.median(x * 1e3 for r in results for x in r.itls)
+    # Generous bounds: this host is small and shared; the design target is 5 % or 2 ms.
+    checks = {"ttft": (ttft, TTFT_MS, 25), "tpot": (tpot, ITL_MS, 3), "itl": (itl, ITL_MS, 3)}
+    return [
+        f"c={concurrency} {name} {got:.1f} ms, want {want} ± {tol}"
+        for name, (got, want, tol) in checks.items()
+        if abs(got - want) >= tol
+    ]
+
+
 @pytest.mark.parametrize("concurrency", [1, 16])
 async def test_fixed_ttft_and_itl(servers: tuple[SimServer, SimServer], concurrency: int) -> None:
     timed, _ = servers
-    async with aiohttp.ClientSession() as session:
-        body = chat_body(INSTANT_MODEL, 15)
-        results = await asyncio.gather(
-            *(stream_chat(session, timed.url, body) for _ in range(concurrency))
-        )
-    assert all(r.status == 200 for r in results)
-    assert all(r.usage is not None and r.usage["completion_tokens"] == 15 for r in results)
-    ttft = statistics.mean(r.ttft for r in results) * 1e3
-    tpot = statistics.mean(r.tpot for r in results) * 1e3
-    itls = [x * 1e3 for r in results for x in r.itls]
-    # Generous bounds: this host is small and shared; the design target is 5 % or 2 ms.
-    assert abs(ttft - TTFT_MS) < 25, ttft
-    assert abs(tpot - ITL_MS) < 3, tpot
-    assert abs(statistics.median(itls) - ITL_MS) < 3
+    body = chat_body(INSTANT_MODEL, 15)
+    misses: list[str] = []
+    # The timings are measured by the client on a shared host, where another process can
+    # stall it for tens of milliseconds; a round that misses is measured again (3 at most).
+    # A simulator that does not keep the configured timings misses every round.
+    for _ in range(3):
+        async with aiohttp.ClientSession() as session:
+            results = await asyncio.gather(
+                *(stream_chat(session, timed.url, body) for _ in range(concurrency))
+            )
+        round_misses = _timing_misses(list(results), concurrency)
+        if not round_misses:
+            return
+        misses += round_misses
+    pytest.fail("; ".join(misses))
 
 
 async def test_max_num_seqs_queues_requests(servers: tuple[SimServer, SimServer]) -> None:

@@ -15,6 +15,9 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
+CLIENT_CLOSED = 499  # nginx's code for a client that went away, as the gateway logs it
+ABANDON_ATTEMPTS = 8
+
 
 def _post(url: str, body: object, key: str, timeout: float) -> int:
     req = urllib.request.Request(
@@ -44,7 +47,7 @@ def _abandon(url: str, body: object, key: str, timeout: float) -> int:
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             r.read(1)
-            return 499
+            return CLIENT_CLOSED
     except urllib.error.HTTPError as exc:
         exc.read()
         return int(exc.code)
@@ -85,7 +88,13 @@ def run_load(
             ]
             for url, body, key in calls:
                 statuses[_post(url, body, key, timeout)] += 1
-            statuses[_abandon(chat, long_stream, api_key, timeout)] += 1
+            # Engines that inject errors may refuse the stream before it starts: try again
+            # (bounded) so that every round leaves one stream behind.
+            for _ in range(ABANDON_ATTEMPTS):
+                status = _abandon(chat, long_stream, api_key, timeout)
+                statuses[status] += 1
+                if status == CLIENT_CLOSED:
+                    break
             # A burst of concurrent streams: 429 where admission is smaller than the burst.
             futures = [pool.submit(_post, chat, stream, api_key, timeout) for _ in range(burst)]
             for f in futures:
