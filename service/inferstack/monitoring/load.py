@@ -19,7 +19,12 @@ CLIENT_CLOSED = 499  # nginx's code for a client that went away, as the gateway 
 ABANDON_ATTEMPTS = 8
 
 
-def _post(url: str, body: object, key: str, timeout: float) -> int:
+def _post(url: str, body: object, key: str, timeout: float, *, leave: bool = False) -> int:
+    """POST and read the whole answer; its status, or 0 when the connection failed.
+
+    With ``leave``, read only the first byte and go away (a client disconnect, which the
+    gateway logs as status 499).
+    """
     req = urllib.request.Request(
         url,
         data=json.dumps(body).encode(),
@@ -27,6 +32,9 @@ def _post(url: str, body: object, key: str, timeout: float) -> int:
     )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
+            if leave:
+                r.read(1)
+                return CLIENT_CLOSED
             while r.read(4096):  # streams: read every event as it comes
                 pass
             return int(r.status)
@@ -35,24 +43,6 @@ def _post(url: str, body: object, key: str, timeout: float) -> int:
         return int(exc.code)
     except OSError:
         return 0  # connection failed or timed out
-
-
-def _abandon(url: str, body: object, key: str, timeout: float) -> int:
-    """Start a stream, read its first bytes and go away (a client disconnect, status 499)."""
-    req = urllib.request.Request(
-        url,
-        data=json.dumps(body).encode(),
-        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            r.read(1)
-            return CLIENT_CLOSED
-    except urllib.error.HTTPError as exc:
-        exc.read()
-        return int(exc.code)
-    except OSError:
-        return 0
 
 
 def run_load(
@@ -91,7 +81,7 @@ def run_load(
             # Engines that inject errors may refuse the stream before it starts: try again
             # (bounded) so that every round leaves one stream behind.
             for _ in range(ABANDON_ATTEMPTS):
-                status = _abandon(chat, long_stream, api_key, timeout)
+                status = _post(chat, long_stream, api_key, timeout, leave=True)
                 statuses[status] += 1
                 if status == CLIENT_CLOSED:
                     break
