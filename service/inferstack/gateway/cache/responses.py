@@ -13,6 +13,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
@@ -48,6 +49,22 @@ _HEADERS = {v: (b"x-cache", v.encode()) for v in (HIT, MISS, BYPASS)}
 
 class _ClientGone(Exception):
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One client request on its way through the cache, and how to send it upstream."""
+
+    request: Request
+    ctx: RequestContext
+    req: CachedRequest
+    path: str
+    body: bytes
+    forward: Forward
+
+    @property
+    def stream(self) -> bool:
+        return bool(getattr(self.req, "stream", False))
 
 
 class _Outcome:
@@ -176,38 +193,29 @@ class ResponseCache:
         body: bytes,
         forward: Forward,
     ) -> Response:
+        call = _Call(request, ctx, req, path, body, forward)
         controls = client_controls(request.headers.get("cache-control"))
         if not is_deterministic(req) or not (controls.lookup or controls.store):
-            return await self._upstream(request, ctx, req, path, body, forward, BYPASS, None)
+            return await self._upstream(call, BYPASS, None)
         key = cache_key(req, ctx.route, ctx.key_id, self.namespace)
         if not controls.lookup:  # no-cache: refresh the entry from the engine
-            outcome = _Outcome(self, key, store_it=True)
-            return await self._upstream(request, ctx, req, path, body, forward, BYPASS, outcome)
+            return await self._upstream(call, BYPASS, _Outcome(self, key, store_it=True))
         try:
             # A flight in this worker answers without asking the store at all.
             if (flight := self.flights.join(key.entry)) is not None:
-                return await self._join(request, ctx, req, path, body, forward, key, flight)
+                return await self._join(call, key, flight)
             if not controls.store:  # no-store: look up, but keep nothing and lead nothing
                 entry = await self.store.get(key.entry)
-                if entry is not None and (hit := self._answer(ctx, req, entry)) is not None:
+                if entry is not None and (hit := self._answer(call, entry)) is not None:
                     return hit
-                return await self._upstream(request, ctx, req, path, body, forward, MISS, None)
-            return await self._lead(request, ctx, req, path, body, forward, key)
+                return await self._upstream(call, MISS, None)
+            return await self._lead(call, key)
         except _ClientGone:
             ctx.client_gone = True
             metrics.CLIENT_DISCONNECTS.labels(ctx.route).inc()
             return Response(status_code=CLIENT_CLOSED)
 
-    async def _lead(
-        self,
-        request: Request,
-        ctx: RequestContext,
-        req: CachedRequest,
-        path: str,
-        body: bytes,
-        forward: Forward,
-        key: CacheKey,
-    ) -> Response:
+    async def _lead(self, call: _Call, key: CacheKey) -> Response:
         """Lead this worker's flight for ``key``: look the entry up, else take the Redis lock
         (or wait for whoever holds it), else call the engine. Identical requests arriving
         meanwhile in this worker join the flight and cost no store operation."""
@@ -215,7 +223,7 @@ class ResponseCache:
         outcome = _Outcome(self, key, store_it=True, flight=flight)
         try:
             entry = await self.store.get(key.entry)
-            if entry is not None and (hit := self._answer(ctx, req, entry)) is not None:
+            if entry is not None and (hit := self._answer(call, entry)) is not None:
                 outcome.store_it = False  # it is stored already
                 outcome.settle(entry)  # this worker's joiners get it too
                 return hit
@@ -227,57 +235,39 @@ class ResponseCache:
                 elif got is False:  # another worker or host is fetching this answer
                     self._joins.inc()
                     entry = await self._guarded(
-                        request, wait_remote(self.store, key, self.lock_timeout_s)
+                        call.request, wait_remote(self.store, key, self.lock_timeout_s)
                     )
-                    if entry is not None and (hit := self._answer(ctx, req, entry)) is not None:
+                    if entry is not None and (hit := self._answer(call, entry)) is not None:
                         outcome.store_it = False
                         outcome.settle(entry)
                         return hit
         except BaseException:
             outcome.settle_later(None)
             raise
-        return await self._upstream(request, ctx, req, path, body, forward, MISS, outcome)
+        return await self._upstream(call, MISS, outcome)
 
-    async def _join(
-        self,
-        request: Request,
-        ctx: RequestContext,
-        req: CachedRequest,
-        path: str,
-        body: bytes,
-        forward: Forward,
-        key: CacheKey,
-        flight: Flight,
-    ) -> Response:
+    async def _join(self, call: _Call, key: CacheKey, flight: Flight) -> Response:
         """Wait for this worker's leader; if it has nothing usable in time, our own call."""
         self._joins.inc()
-        entry = await self._guarded(request, wait_local(flight, self.lock_timeout_s))
-        if entry is not None and (hit := self._answer(ctx, req, entry)) is not None:
+        entry = await self._guarded(call.request, wait_local(flight, self.lock_timeout_s))
+        if entry is not None and (hit := self._answer(call, entry)) is not None:
             return hit
         outcome = _Outcome(self, key, store_it=True)
-        return await self._upstream(request, ctx, req, path, body, forward, MISS, outcome)
+        return await self._upstream(call, MISS, outcome)
 
-    async def _upstream(
-        self,
-        request: Request,
-        ctx: RequestContext,
-        req: CachedRequest,
-        path: str,
-        body: bytes,
-        forward: Forward,
-        result: str,
-        outcome: _Outcome | None,
-    ) -> Response:
+    async def _upstream(self, call: _Call, result: str, outcome: _Outcome | None) -> Response:
         """The engine's answer (via the proxy), tagged; kept when ``outcome`` says so."""
         self._results[result].inc()
-        ctx.cache = result
+        call.ctx.cache = result
         header = _HEADERS[result]
         kw: dict[str, Any] = {}
-        if outcome is not None and getattr(req, "stream", False):
+        if outcome is not None and call.stream:
             limit = self.max_entry_bytes
             kw["tracker"] = lambda c, usage: RecordingTracker(c, usage, outcome, limit)
         try:
-            response = await forward(request, ctx, req, path, body, **kw)
+            response = await call.forward(
+                call.request, call.ctx, call.req, call.path, call.body, **kw
+            )
         except APIError as exc:
             if outcome is not None:
                 outcome.settle_later(None)
@@ -290,24 +280,23 @@ class ResponseCache:
         response.raw_headers.append(header)
         if outcome is not None and not isinstance(response, StreamRelay):
             entry = None
-            if response.status_code == 200 and not getattr(req, "stream", False):
-                entry = json_entry(bytes(response.body), isinstance(req, EmbeddingRequest))
+            if response.status_code == 200 and not call.stream:
+                entry = json_entry(bytes(response.body), isinstance(call.req, EmbeddingRequest))
             work = outcome.settle(entry)
             if work is not None:
                 await work
         return response
 
-    def _answer(self, ctx: RequestContext, req: CachedRequest, entry: Entry) -> Response | None:
+    def _answer(self, call: _Call, entry: Entry) -> Response | None:
         """The client's answer from ``entry``, or None if the entry does not fit it."""
-        stream = bool(getattr(req, "stream", False))
-        if (entry.kind == "sse") != stream:
+        if (entry.kind == "sse") != call.stream:
             return None
         self._results[HIT].inc()
-        ctx.cache = HIT
-        if not stream:
+        call.ctx.cache = HIT
+        if not call.stream:
             return json_response(entry, _HEADERS[HIT])
-        ctx.stream = True
-        opts = getattr(req, "stream_options", None)
+        call.ctx.stream = True
+        opts = getattr(call.req, "stream_options", None)
         return SSEReplay(entry, bool(opts and opts.include_usage), _HEADERS[HIT])
 
     async def _guarded(self, request: Request, wait: Awaitable[Entry | None]) -> Entry | None:
