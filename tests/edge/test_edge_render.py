@@ -104,6 +104,12 @@ def test_remote_edge_balances_over_every_gateway_host(rendered: Rendered) -> Non
     assert "real_ip_header" not in rendered.conf("single", "nginx.conf")
 
 
+def test_connection_failures_before_an_answer_go_to_another_gateway(rendered: Rendered) -> None:
+    site = rendered.conf("multi", "inferstack/site.conf")
+    assert "proxy_next_upstream error timeout non_idempotent;" in site
+    assert "proxy_next_upstream_tries 2;" in site
+
+
 def test_tls_variants(rendered: Rendered) -> None:
     operator = rendered.conf("single_tls_operator_cert", "inferstack/site.conf")
     edge = rendered.edges["single_tls_operator_cert"]
