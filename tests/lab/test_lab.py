@@ -29,6 +29,7 @@ BAD_INVENTORIES = {
                                  "num_attention_heads"),
     "model-missing": (["-e", "vllm_download_model=false"], "vllm_model_path"),
     "no-api-keys": (["-e", '{"gateway_api_keys": []}'], "gateway_api_keys"),
+    "no-socket-group": (["-e", "gateway_socket_group=no-such-group"], "gateway_socket_group"),
 }  # fmt: skip
 
 
